@@ -1,0 +1,34 @@
+#!/bin/sh
+# Install shardd into ./.venv from this checkout.
+#   deploy/install.sh          the server and its runtime dependencies
+#   deploy/install.sh --test   also everything the test suite needs, including
+#                              the Debian packages of the real telnet clients
+# Meant for a fresh Debian machine, as root, with only python3 on it.
+set -eu
+cd "$(dirname "$0")/.."
+
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+missing=""
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
+if [ "$with_test" = 1 ]; then
+    for pkg in inetutils-telnet netcat-openbsd; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing="$missing $pkg"
+    done
+fi
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "$with_test" = 1 ]; then
+    .venv/bin/python -m pip install -q -e '.[test]'
+else
+    .venv/bin/python -m pip install -q -e .
+fi

@@ -1,0 +1,1 @@
+"""shardd: supervisor and operator tools."""

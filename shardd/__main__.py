@@ -1,0 +1,5 @@
+import sys
+
+from shardd.cli import main
+
+sys.exit(main())

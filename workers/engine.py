@@ -1,0 +1,433 @@
+"""Sans-I/O telnet engine: bytes in, in-band data and events out, bytes to send out.
+
+No sockets, no asyncio. The server protocol and the load-test client drive the
+same object; tests feed it bytes directly.
+
+Design points:
+
+- A received chunk holding no IAC byte while the parser is between sequences
+  is returned as is: one ``in`` test, no copy, no Python loop over its bytes.
+  Chunks with IACs are cut with ``bytes.find``.
+- Option negotiation follows the Q method of RFC 1143 for both sides of every
+  option, so negotiation never loops and an option that is enabled or pending
+  is never requested again.
+- Everything the peer can make us hold is bounded: a subnegotiation larger
+  than ``sb_limit`` is discarded (and reported), and nothing else is buffered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from workers.telopt import (
+    DO,
+    DONT,
+    IAC,
+    IAC_BYTE,
+    IAC_IAC,
+    SB,
+    SE,
+    TM,
+    WILL,
+    WONT,
+    name_command,
+    name_option,
+)
+
+DEFAULT_SB_LIMIT = 8192
+
+# Parser states.
+_DATA = 0
+_IAC = 1  # saw IAC between sequences
+_OPT = 2  # saw IAC WILL/WONT/DO/DONT, want the option byte
+_SB_OPT = 3  # saw IAC SB, want the option byte
+_SB = 4  # inside a subnegotiation
+_SB_IAC = 5  # inside a subnegotiation, saw IAC
+
+# RFC 1143 option states, one per side of each option.
+NO = 0
+YES = 1
+WANTNO = 2
+WANTYES = 3
+
+# Bytes that may follow IAC as a two-byte command (RFC 854 and RFC 885's EOR).
+_COMMANDS = frozenset(range(239, 250))
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A two-byte command such as IAC AYT, IAC GA or IAC EOR."""
+
+    cmd: int
+
+    def __str__(self) -> str:
+        return f"IAC {name_command(self.cmd)}"
+
+
+@dataclass(frozen=True, slots=True)
+class OptionEnabled:
+    """An option is now on. ``local`` means we perform it (we said WILL)."""
+
+    option: int
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OptionDisabled:
+    """An option is now off. ``refused`` when it was our request that was declined."""
+
+    option: int
+    local: bool
+    refused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subnegotiation:
+    """A complete IAC SB <option> <payload> IAC SE, payload unescaped."""
+
+    option: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    """Malformed input that was discarded; the stream goes on."""
+
+    reason: str
+
+
+Event = Command | OptionEnabled | OptionDisabled | Subnegotiation | ProtocolError
+
+
+def escape(data: bytes) -> bytes:
+    """Double every IAC so ``data`` travels as in-band data."""
+    return data.replace(IAC_BYTE, IAC_IAC)
+
+
+class _Side:
+    """RFC 1143 state for one side of every option: ours (WILL) or the peer's (DO)."""
+
+    __slots__ = ("accept", "queue", "state")
+
+    def __init__(self, accept: Iterable[int]) -> None:
+        self.state: dict[int, int] = {}
+        self.queue: set[int] = set()  # options whose opposite request is queued
+        self.accept = set(accept)
+
+
+class TelnetEngine:
+    """One telnet connection's protocol state, in either role.
+
+    ``accept_local``: options we agree to perform when the peer asks (DO X).
+    ``accept_remote``: options we let the peer perform when it offers (WILL X).
+    Everything else is refused politely, once per request.
+    """
+
+    __slots__ = (
+        "_local",
+        "_opt_verb",
+        "_out",
+        "_remote",
+        "_sb",
+        "_sb_opt",
+        "_sb_overflow",
+        "_state",
+        "events",
+        "role",
+        "sb_limit",
+    )
+
+    def __init__(
+        self,
+        role: str = "server",
+        *,
+        accept_local: Iterable[int] = (),
+        accept_remote: Iterable[int] = (),
+        sb_limit: int = DEFAULT_SB_LIMIT,
+    ) -> None:
+        if role not in ("server", "client"):
+            raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        if sb_limit < 1:
+            raise ValueError("sb_limit must be positive")
+        self.role = role
+        self.sb_limit = sb_limit
+        self.events: list[Event] = []
+        self._out = bytearray()
+        self._local = _Side(accept_local)
+        self._remote = _Side(accept_remote)
+        self._state = _DATA
+        self._opt_verb = 0
+        self._sb = bytearray()
+        self._sb_opt = 0
+        self._sb_overflow = False
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, data: bytes) -> bytes:
+        """Parse received bytes; return the in-band data they carry.
+
+        Events are appended to ``self.events`` and replies to the output
+        buffer (see :meth:`data_to_send`).
+        """
+        if self._state == _DATA and IAC_BYTE not in data:
+            return data
+        return self._receive_sequences(data)
+
+    def _receive_sequences(self, data: bytes) -> bytes:
+        inband: list[bytes] = []
+        pos = 0
+        end = len(data)
+        while pos < end:
+            state = self._state
+            if state == _DATA:
+                i = data.find(IAC_BYTE, pos)
+                if i < 0:
+                    inband.append(data[pos:])
+                    break
+                if i > pos:
+                    inband.append(data[pos:i])
+                pos = i + 1
+                self._state = _IAC
+            elif state == _SB:
+                i = data.find(IAC_BYTE, pos)
+                stop = end if i < 0 else i
+                self._sb_append(data, pos, stop)
+                if i < 0:
+                    break
+                pos = i + 1
+                self._state = _SB_IAC
+            else:
+                byte = data[pos]
+                pos += 1
+                if state == _IAC:
+                    if byte == IAC:
+                        inband.append(IAC_BYTE)
+                        self._state = _DATA
+                    else:
+                        self._after_iac(byte)
+                elif state == _OPT:
+                    self._state = _DATA
+                    self._negotiate(self._opt_verb, byte)
+                elif state == _SB_OPT:
+                    self._sb_opt = byte
+                    self._sb.clear()
+                    self._sb_overflow = False
+                    self._state = _SB
+                else:  # _SB_IAC
+                    self._after_sb_iac(byte)
+        return b"".join(inband)
+
+    def _after_iac(self, byte: int) -> None:
+        if byte in (WILL, WONT, DO, DONT):
+            self._opt_verb = byte
+            self._state = _OPT
+        elif byte == SB:
+            self._state = _SB_OPT
+        elif byte in _COMMANDS:
+            self._state = _DATA
+            self.events.append(Command(byte))
+        else:
+            self._state = _DATA
+            self.events.append(ProtocolError(f"IAC followed by non-command byte {byte}"))
+
+    def _after_sb_iac(self, byte: int) -> None:
+        if byte == IAC:
+            self._sb_append(IAC_BYTE, 0, 1)
+            self._state = _SB
+        elif byte == SE:
+            self._state = _DATA
+            opt = self._sb_opt
+            if self._sb_overflow:
+                self.events.append(
+                    ProtocolError(
+                        f"subnegotiation {name_option(opt)} longer than {self.sb_limit} "
+                        "bytes, discarded"
+                    )
+                )
+            else:
+                self.events.append(Subnegotiation(opt, bytes(self._sb)))
+            self._sb.clear()
+        else:
+            # RFC 855 allows nothing but IAC IAC and IAC SE inside SB. Peers that
+            # forget IAC SE go on with a command: end the SB there and honour it.
+            self.events.append(
+                ProtocolError(
+                    f"subnegotiation {name_option(self._sb_opt)} cut by IAC "
+                    f"{name_command(byte)}, discarded"
+                )
+            )
+            self._sb.clear()
+            self._after_iac(byte)
+
+    def _sb_append(self, data: bytes, start: int, stop: int) -> None:
+        if self._sb_overflow or start >= stop:
+            return
+        if len(self._sb) + (stop - start) > self.sb_limit:
+            self._sb_overflow = True
+            self._sb.clear()
+            return
+        self._sb += data[start:stop]
+
+    # ---------------------------------------------------- RFC 1143 negotiation
+
+    def _negotiate(self, verb: int, opt: int) -> None:
+        if verb in (WILL, WONT):
+            self._received(self._remote, opt, verb == WILL, DO, DONT, local=False)
+        elif opt == TM and verb == DO:
+            # RFC 860: a timing mark is a one-shot question, never a state.
+            self._send_negotiation(WILL if TM in self._local.accept else WONT, TM)
+        else:
+            self._received(self._local, opt, verb == DO, WILL, WONT, local=True)
+
+    def _received(
+        self, side: _Side, opt: int, positive: bool, yes: int, no: int, *, local: bool
+    ) -> None:
+        """Apply a received WILL/WONT (peer side) or DO/DONT (our side)."""
+        state = side.state.get(opt, NO)
+        queued = opt in side.queue
+        events = self.events
+        if positive:
+            if state == NO:
+                if opt in side.accept:
+                    side.state[opt] = YES
+                    self._send_negotiation(yes, opt)
+                    events.append(OptionEnabled(opt, local))
+                else:
+                    self._send_negotiation(no, opt)
+            elif state == WANTNO:
+                # The peer answered our refusal with consent: RFC 1143 calls it an
+                # error, and the option ends up as if the peer had said no.
+                side.queue.discard(opt)
+                if queued:
+                    side.state[opt] = YES  # it never stopped being on
+                else:
+                    side.state[opt] = NO
+                    events.append(OptionDisabled(opt, local))
+            elif state == WANTYES:
+                if queued:
+                    side.queue.discard(opt)
+                    side.state[opt] = WANTNO
+                    self._send_negotiation(no, opt)
+                else:
+                    side.state[opt] = YES
+                    events.append(OptionEnabled(opt, local))
+            # YES: already on, nothing to answer (this is what stops loops).
+        else:
+            if state == YES:
+                side.state[opt] = NO
+                self._send_negotiation(no, opt)
+                events.append(OptionDisabled(opt, local))
+            elif state == WANTNO:
+                if queued:
+                    side.queue.discard(opt)
+                    side.state[opt] = WANTYES
+                    self._send_negotiation(yes, opt)
+                else:
+                    side.state[opt] = NO
+                    events.append(OptionDisabled(opt, local))
+            elif state == WANTYES:
+                side.queue.discard(opt)
+                side.state[opt] = NO
+                events.append(OptionDisabled(opt, local, refused=True))
+            # NO: already off, nothing to answer.
+
+    def _request(self, side: _Side, opt: int, enable: bool, yes: int, no: int) -> bool:
+        """Ask to turn an option on or off; return whether anything changed."""
+        state = side.state.get(opt, NO)
+        queued = opt in side.queue
+        if enable:
+            if state == NO:
+                side.accept.add(opt)
+                side.state[opt] = WANTYES
+                self._send_negotiation(yes, opt)
+                return True
+            if state == WANTNO and not queued:
+                side.queue.add(opt)
+                return True
+            if state == WANTYES and queued:
+                side.queue.discard(opt)
+                return True
+            return False  # on, or already on its way
+        if state == YES:
+            side.state[opt] = WANTNO
+            self._send_negotiation(no, opt)
+            return True
+        if state == WANTYES and not queued:
+            side.queue.add(opt)
+            return True
+        if state == WANTNO and queued:
+            side.queue.discard(opt)
+            return True
+        return False
+
+    def request_local(self, opt: int, enable: bool = True) -> bool:
+        """Offer (WILL) or withdraw (WONT) an option we perform."""
+        return self._request(self._local, opt, enable, WILL, WONT)
+
+    def request_remote(self, opt: int, enable: bool = True) -> bool:
+        """Ask the peer to perform (DO) or stop (DONT) an option."""
+        return self._request(self._remote, opt, enable, DO, DONT)
+
+    def local_enabled(self, opt: int) -> bool:
+        return self._local.state.get(opt, NO) == YES
+
+    def remote_enabled(self, opt: int) -> bool:
+        return self._remote.state.get(opt, NO) == YES
+
+    def local_state(self, opt: int) -> int:
+        return self._local.state.get(opt, NO)
+
+    def remote_state(self, opt: int) -> int:
+        return self._remote.state.get(opt, NO)
+
+    def pending(self) -> list[tuple[bool, int]]:
+        """Options with a request of ours still unanswered, as (local, option)."""
+        found = [(True, o) for o, s in self._local.state.items() if s >= WANTNO]
+        found += [(False, o) for o, s in self._remote.state.items() if s >= WANTNO]
+        return found
+
+    def accept_local(self, opt: int, accept: bool = True) -> None:
+        """Change whether a peer's DO for ``opt`` is agreed to."""
+        (self._local.accept.add if accept else self._local.accept.discard)(opt)
+
+    def accept_remote(self, opt: int, accept: bool = True) -> None:
+        """Change whether a peer's WILL for ``opt`` is agreed to."""
+        (self._remote.accept.add if accept else self._remote.accept.discard)(opt)
+
+    # ----------------------------------------------------------------- output
+
+    def _send_negotiation(self, verb: int, opt: int) -> None:
+        self._out += bytes((IAC, verb, opt))
+
+    def send_command(self, cmd: int) -> None:
+        """Queue a two-byte command such as GA, NOP or AYT."""
+        if cmd in (IAC, SB, WILL, WONT, DO, DONT):
+            raise ValueError(f"{name_command(cmd)} is not a two-byte command")
+        self._out += bytes((IAC, cmd))
+
+    def send_subnegotiation(self, opt: int, payload: bytes) -> None:
+        """Queue IAC SB <opt> <payload, IACs doubled> IAC SE."""
+        self._out += bytes((IAC, SB, opt))
+        self._out += escape(payload)
+        self._out += bytes((IAC, SE))
+
+    def data_to_send(self) -> bytes:
+        """Take everything queued for the peer (replies, requests, commands)."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def take_events(self) -> list[Event]:
+        events = self.events
+        self.events = []
+        return events
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished subnegotiation (at most ``sb_limit``)."""
+        return len(self._sb)

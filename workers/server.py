@@ -1,0 +1,298 @@
+"""TelnetServer: negotiates terminal type, window size, environment, charset, binary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import options
+from workers.server_base import BaseServer
+from workers.telopt import (
+    AYT,
+    BINARY,
+    CHARSET,
+    CHARSET_ACCEPTED,
+    CHARSET_REJECTED,
+    CHARSET_REQUEST,
+    CHARSET_TTABLE_IS,
+    CHARSET_TTABLE_REJECTED,
+    DO,
+    ECHO,
+    ENV_USERVAR,
+    ENV_VAR,
+    EOR,
+    IS,
+    NAWS,
+    NEW_ENVIRON,
+    SEND,
+    SGA,
+    STATUS,
+    TM,
+    TSPEED,
+    TTYPE,
+    WILL,
+    XDISPLOC,
+    name_option,
+)
+
+# What NEW-ENVIRON SEND asks for; the two bare types at the end ask for every
+# other variable the client is willing to export.
+ENVIRON_REQUEST: list[tuple[int, str]] = [
+    (ENV_VAR, "USER"),
+    (ENV_USERVAR, "LANG"),
+    (ENV_USERVAR, "TERM"),
+    (ENV_USERVAR, "COLUMNS"),
+    (ENV_USERVAR, "LINES"),
+    (ENV_VAR, "DISPLAY"),
+    (ENV_VAR, ""),
+    (ENV_USERVAR, ""),
+]
+
+# Charsets offered by CHARSET REQUEST, in order of preference.
+CHARSET_OFFER = ["UTF-8", "US-ASCII", "ISO-8859-1", "CP437"]
+
+
+class TelnetServer(BaseServer):
+    """Telnet server protocol negotiating what real clients support."""
+
+    TTYPE_LOOPMAX = 8
+
+    accept_local = frozenset({SGA, ECHO, BINARY, EOR, STATUS, TM})
+    accept_remote = frozenset(
+        {TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TSPEED, XDISPLOC, EOR, SGA}
+    )
+
+    def __init__(self, *args: Any, term: str = "unknown", cols: int = 80, rows: int = 25,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._extra.update({"term": term, "TERM": term.upper(), "cols": cols, "rows": rows})
+        self._ttypes: list[str] = []
+        self._awaiting: set[str] = set()  # subnegotiation replies still owed to us
+        self._environ_replies_due = 0
+        self._charset: str | None = None
+        self._env_names: set[str] = set()  # variables the client sent by NEW-ENVIRON
+        self._naws_seen = False
+
+    # ------------------------------------------------------------ negotiation
+
+    def begin_negotiation(self) -> None:
+        super().begin_negotiation()
+        self._engine.request_remote(TTYPE)
+
+    def begin_advanced_negotiation(self) -> None:
+        super().begin_advanced_negotiation()
+        engine = self._engine
+        engine.request_local(SGA)
+        engine.request_local(ECHO)
+        engine.request_local(BINARY)
+        engine.request_remote(BINARY)
+        engine.request_remote(NAWS)
+        engine.request_remote(NEW_ENVIRON)
+        engine.request_remote(CHARSET)
+
+    def check_negotiation(self, final: bool = False) -> bool:
+        parent = super().check_negotiation(final)
+        if not parent or self._awaiting:
+            return False
+        # A client that agreed to TTYPE will also be asked for the rest: wait
+        # until advanced negotiation has at least been sent.
+        return self._advanced or not self._acknowledged
+
+    def encoding(self, outgoing: bool = False, incoming: bool = False) -> str:
+        """Encoding for the direction(s) indicated.
+
+        US-ASCII unless BINARY is on in every direction asked about (or
+        ``force_binary``); then LANG from NEW-ENVIRON, the negotiated CHARSET,
+        or the encoding given to the initializer, in that order.
+        """
+        engine = self._engine
+        if not self.force_binary and (
+            (outgoing and not engine.local_enabled(BINARY))
+            or (incoming and not engine.remote_enabled(BINARY))
+        ):
+            return "US-ASCII"
+        lang = self._extra.get("LANG")
+        if lang:
+            from_lang = options.lang_encoding(lang)
+            if from_lang:
+                return from_lang
+        if self._charset:
+            return self._charset
+        return self.default_encoding or "US-ASCII"  # type: ignore[return-value]
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "charset" and "charset" not in self._extra:
+            return self.encoding(incoming=True)
+        return super().get_extra_info(name, default)
+
+    def _update_codecs(self) -> None:
+        if self.default_encoding is False or self.reader is None:
+            return
+        incoming = self.encoding(incoming=True)
+        outgoing = self.encoding(outgoing=True)
+        if incoming != self.reader.encoding:
+            self.reader.set_encoding(incoming)
+        if outgoing != self.writer.encoding:  # type: ignore[union-attr]
+            self.writer.set_encoding(outgoing)  # type: ignore[union-attr]
+
+    # ----------------------------------------------------------------- events
+
+    def on_option_enabled(self, option: int, local: bool) -> None:
+        if option == BINARY:
+            self._update_codecs()
+        elif local:
+            return
+        elif option == TTYPE:
+            self._request_value(TTYPE, "ttype")
+        elif option == NEW_ENVIRON:
+            for payload in options.build_environ_send(ENVIRON_REQUEST):
+                self._engine.send_subnegotiation(NEW_ENVIRON, payload)
+                self._environ_replies_due += 1
+            self._awaiting.add("environ")
+        elif option == CHARSET:
+            self._engine.send_subnegotiation(
+                CHARSET, options.build_charset_request(CHARSET_OFFER)
+            )
+            self._awaiting.add("charset")
+        elif option == NAWS:
+            self._awaiting.add("naws")
+        elif option == TSPEED:
+            self._request_value(TSPEED, "tspeed")
+        elif option == XDISPLOC:
+            self._request_value(XDISPLOC, "xdisploc")
+
+    def _request_value(self, option: int, key: str) -> None:
+        self._engine.send_subnegotiation(option, options.send_request())
+        self._awaiting.add(key)
+
+    def on_option_disabled(self, option: int, local: bool, refused: bool) -> None:
+        if option == BINARY:
+            self._update_codecs()
+        if not local:
+            for key, opt in (("ttype", TTYPE), ("tspeed", TSPEED), ("xdisploc", XDISPLOC),
+                             ("naws", NAWS), ("charset", CHARSET), ("environ", NEW_ENVIRON)):
+                if opt == option:
+                    self._awaiting.discard(key)
+
+    def on_command(self, cmd: int) -> None:
+        if cmd == AYT:
+            self._send(b"\r\n[Yes]\r\n")
+        else:
+            super().on_command(cmd)
+
+    def on_subnegotiation(self, option: int, payload: bytes) -> None:
+        handler = self._SB_HANDLERS.get(option)
+        if handler is None:
+            super().on_subnegotiation(option, payload)
+            return
+        try:
+            handler(self, payload)
+        except ValueError as exc:
+            self.log.warning("%s: bad %s subnegotiation: %s (%r)", self._peer(),
+                             name_option(option), exc, payload[:64])
+
+    def _on_ttype(self, payload: bytes) -> None:
+        value = options.parse_is(payload)
+        self._ttypes.append(value)
+        n = len(self._ttypes)
+        self._extra[f"ttype{n}"] = value
+        if n == 1 and "TERM" not in self._env_names:
+            self._set_term(value)
+        repeated = n > 1 and value in (self._ttypes[0], self._ttypes[-2])
+        if repeated or n >= self.TTYPE_LOOPMAX:
+            self._awaiting.discard("ttype")
+        else:
+            self._engine.send_subnegotiation(TTYPE, options.send_request())
+
+    def _set_term(self, value: str) -> None:
+        self._extra["TERM"] = value
+        self._extra["term"] = value.lower()
+
+    def _on_naws(self, payload: bytes) -> None:
+        cols, rows = options.parse_naws(payload)
+        # 0 means "unknown" (RFC 1073): keep what we had
+        if cols:
+            self._extra["cols"] = cols
+        if rows:
+            self._extra["rows"] = rows
+        self._naws_seen = True
+        self._awaiting.discard("naws")
+
+    def _on_environ(self, payload: bytes) -> None:
+        verb, items = options.parse_environ(payload)
+        if verb == SEND:
+            raise ValueError("a client may not ask the server for its environment")
+        for _kind, name, value in items:
+            if not name or value is None:
+                continue
+            self._extra[name] = value
+            self._env_names.add(name)
+            if name == "TERM" and value:
+                self._set_term(value)
+            elif name in ("COLUMNS", "LINES") and value.isdigit() and not self._naws_seen:
+                self._extra["cols" if name == "COLUMNS" else "rows"] = int(value)
+        if verb == IS and self._environ_replies_due:
+            self._environ_replies_due -= 1
+            if not self._environ_replies_due:
+                self._awaiting.discard("environ")
+        if "LANG" in self._env_names:
+            self._update_codecs()
+
+    def _on_charset(self, payload: bytes) -> None:
+        verb, names = options.parse_charset(payload)
+        if verb == CHARSET_ACCEPTED:
+            codec = options.python_codec(names[0])
+            if codec is None:
+                raise ValueError(f"client accepted unknown charset {names[0]!r}")
+            self._charset = names[0]
+            self._extra["charset"] = names[0]
+            self._awaiting.discard("charset")
+            self._update_codecs()
+        elif verb == CHARSET_REJECTED:
+            self._awaiting.discard("charset")
+        elif verb == CHARSET_REQUEST:
+            chosen = self._choose_charset(names)
+            self._engine.send_subnegotiation(CHARSET, options.build_charset_reply(chosen))
+            if chosen is not None:
+                self._charset = chosen
+                self._extra["charset"] = chosen
+                self._awaiting.discard("charset")
+                self._update_codecs()
+        elif verb == CHARSET_TTABLE_IS:
+            self._engine.send_subnegotiation(CHARSET, bytes((CHARSET_TTABLE_REJECTED,)))
+
+    @staticmethod
+    def _choose_charset(offered: list[str]) -> str | None:
+        known = [(name, options.python_codec(name)) for name in offered]
+        for name, codec in known:
+            if codec == "utf-8":
+                return name
+        for name, codec in known:
+            if codec is not None:
+                return name
+        return None
+
+    def _on_value(self, key: str, payload: bytes) -> None:
+        self._extra[key] = options.parse_is(payload)
+        self._awaiting.discard(key)
+
+    def _on_status(self, payload: bytes) -> None:
+        if payload[:1] != bytes((SEND,)):
+            raise ValueError("only STATUS SEND is expected from a client")
+        engine = self._engine
+        report = bytearray((IS,))
+        for opt in range(256):
+            if engine.local_enabled(opt):
+                report += bytes((WILL, opt))
+            if engine.remote_enabled(opt):
+                report += bytes((DO, opt))
+        engine.send_subnegotiation(STATUS, bytes(report))
+
+    _SB_HANDLERS = {
+        TTYPE: _on_ttype,
+        NAWS: _on_naws,
+        NEW_ENVIRON: _on_environ,
+        CHARSET: _on_charset,
+        TSPEED: lambda self, p: self._on_value("tspeed", p),
+        XDISPLOC: lambda self, p: self._on_value("xdisploc", p),
+        STATUS: _on_status,
+    }

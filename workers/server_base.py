@@ -1,0 +1,373 @@
+"""BaseServer: the per-connection telnet protocol, with telnetlib3 1.x's API.
+
+The constructor, methods and properties are those of telnetlib3's 1.x
+``BaseServer`` (including ``log``, ``loop`` and ``_waiter_closed``), so shells
+and protocol subclasses written for it run here. The protocol work itself is
+done by the sans-I/O :class:`~workers.engine.TelnetEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from workers.engine import (
+    Command,
+    OptionDisabled,
+    OptionEnabled,
+    ProtocolError,
+    Subnegotiation,
+    TelnetEngine,
+)
+from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
+from workers.stream_writer import TelnetWriter
+from workers.telopt import name_command, name_option
+
+_monotonic = time.monotonic
+
+# How long a shell may go on after its connection is lost before it is cancelled:
+# enough to see EOF and clean up, not enough to leak a task per lost connection.
+SHELL_GRACE_SECONDS = 1.0
+
+
+def _current_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()
+
+
+class BaseServer(asyncio.Protocol):
+    """Base Telnet Server Protocol."""
+
+    #: options we perform when asked (DO) and let the peer perform (WILL)
+    accept_local: frozenset[int] = frozenset()
+    accept_remote: frozenset[int] = frozenset()
+
+    _when_connected: float | None = None
+    _last_received: float | None = None
+    _transport: asyncio.Transport | None = None
+    reader: TelnetReader | None = None
+    writer: TelnetWriter | None = None
+
+    def __init__(
+        self,
+        shell: Callable[..., Any] | None = None,
+        log: logging.Logger | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        _waiter_connected: asyncio.Future[Any] | None = None,
+        _waiter_closed: asyncio.Future[Any] | None = None,
+        encoding: str | bool | None = "utf8",
+        encoding_errors: str = "strict",
+        force_binary: bool = False,
+        connect_maxwait: float = 4.0,
+        limit: int | None = None,
+    ) -> None:
+        """Class initializer."""
+        self.log = log or logging.getLogger("workers.server")
+        self._loop = loop or _current_loop()
+        self._waiter_connected = _waiter_connected or self._loop.create_future()
+        self._waiter_closed = _waiter_closed or self._loop.create_future()
+        self.shell = shell
+        self.default_encoding = encoding
+        self._encoding_errors = encoding_errors
+        self.force_binary = force_binary
+        #: maximum duration for check_negotiation().
+        self.connect_maxwait = connect_maxwait
+        self._limit = limit or DEFAULT_LIMIT
+        self._extra: dict[str, Any] = {}
+        self._engine = TelnetEngine(
+            "server", accept_local=self.accept_local, accept_remote=self.accept_remote
+        )
+        self._advanced = False
+        self._acknowledged = False
+        self._closed = False
+        self._check_later: asyncio.TimerHandle | None = None
+        self._shell_task: asyncio.Task[Any] | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+
+    # -------------------------------------------------------------- asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called when a connection is made.
+
+        Sets attributes _transport, _when_connected, _last_received, reader and
+        writer, then begins negotiation. Ensure super().connection_made(transport)
+        is called when derived.
+        """
+        self._transport = transport  # type: ignore[assignment]
+        self._when_connected = self._last_received = _monotonic()
+        binary = self.default_encoding is False
+        self.reader = TelnetReader(
+            limit=self._limit,
+            encoding=None if binary else self.encoding(incoming=True),
+            encoding_errors=self._encoding_errors,
+            pause=transport.pause_reading,  # type: ignore[attr-defined]
+            resume=transport.resume_reading,  # type: ignore[attr-defined]
+            loop=self._loop,
+        )
+        self.writer = TelnetWriter(
+            transport,
+            self,
+            encoding=None if binary else self.encoding(outgoing=True),
+            encoding_errors=self._encoding_errors,
+        )
+        self._waiter_connected.add_done_callback(self.begin_shell)
+        self.begin_negotiation()
+        self._flush()
+        self._check_later = self._loop.call_later(self.connect_maxwait, self._negotiation_deadline)
+        self._loop.call_soon(self._negotiation_progress)
+
+    def data_received(self, data: bytes) -> None:
+        """Process bytes received by transport."""
+        self._last_received = _monotonic()
+        self.rx_bytes += len(data)
+        engine = self._engine
+        inband = engine.receive(data)
+        if engine.events:
+            self._process_events()
+        if inband:
+            self.reader.feed_data(inband)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        """Called when the other end calls write_eof() or equivalent.
+
+        This callback may be exercised by the nc(1) client argument -z.
+        """
+        self.log.debug("%s: EOF received, closing", self._peer())
+        self.reader.feed_eof()  # type: ignore[union-attr]
+        self._transport.close()  # type: ignore[union-attr]
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called when the connection is lost or closed.
+
+        ``exc`` is None when closed by EOF or by us.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.log.debug("%s: connection closed: %s", self._peer(), exc or "EOF")
+        if self._check_later is not None:
+            self._check_later.cancel()
+            self._check_later = None
+        if self.reader is not None:
+            if exc is None:
+                self.reader.feed_eof()
+            else:
+                self.reader.set_exception(exc)
+        if not self._waiter_connected.done():
+            self._waiter_connected.cancel()
+        task = self._shell_task
+        if task is not None and not task.done():
+            self._loop.call_later(SHELL_GRACE_SECONDS, task.cancel)
+        self._wake_drainers(exc or ConnectionResetError("connection lost"))
+        if not self._waiter_closed.done():
+            self._waiter_closed.set_result(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drainers(None)
+
+    def _wake_drainers(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    async def _drain_helper(self) -> None:
+        if self._closed:
+            raise ConnectionResetError("connection lost")
+        if not self._write_paused:
+            return
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    # ----------------------------------------------------------------- output
+
+    def _send(self, data: bytes) -> None:
+        """Write bytes already escaped for the wire."""
+        if self._closed:
+            return
+        self.tx_bytes += len(data)
+        self._transport.write(data)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        """Send what the engine has queued (replies, requests)."""
+        if self._engine.has_output:
+            self._send(self._engine.data_to_send())
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def duration(self) -> float:
+        """Time elapsed since client connected, in seconds as float."""
+        if self._when_connected is None:
+            return 0.0
+        return _monotonic() - self._when_connected
+
+    @property
+    def idle(self) -> float:
+        """Time elapsed since data last received, in seconds as float."""
+        if self._last_received is None:
+            return 0.0
+        return _monotonic() - self._last_received
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Get optional server protocol or transport information."""
+        if name in self._extra:
+            return self._extra[name]
+        if self._transport is None:
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    def _peer(self) -> str:
+        peer = self.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer)
+
+    # ------------------------------------------------------------ negotiation
+
+    def begin_negotiation(self) -> None:
+        """Begin on-connect negotiation.
+
+        A Telnet server is expected to demand preferred session options
+        immediately after connection. Deriving implementations should always
+        call super().begin_negotiation().
+        """
+
+    def begin_advanced_negotiation(self) -> None:
+        """Begin advanced negotiation.
+
+        Called once on receipt of the first DO or WILL acknowledgement, when
+        negotiation_should_advance() agrees.
+        """
+
+    def encoding(self, outgoing: bool = False, incoming: bool = False) -> str:
+        """Encoding that should be used for the direction indicated.
+
+        The base implementation always returns the encoding given to class
+        initializer, or, when unset (None), US-ASCII.
+        """
+        return self.default_encoding or "US-ASCII"  # type: ignore[return-value]
+
+    def negotiation_should_advance(self) -> bool:
+        """Whether advanced negotiation should commence.
+
+        The base implementation returns True if any negotiation options were
+        affirmatively acknowledged by client.
+        """
+        return self._acknowledged
+
+    def check_negotiation(self, final: bool = False) -> bool:
+        """Callback, return whether negotiation is complete.
+
+        The base rule: complete when none of our option requests is still
+        unanswered. Called on each new command received until negotiation is
+        final, or after connect_maxwait has elapsed (with final=True).
+        Ensure super().check_negotiation() is called and conditionally combined
+        when derived.
+        """
+        return not self._engine.pending()
+
+    def _negotiation_progress(self) -> None:
+        if self._waiter_connected.done() or self._closed:
+            return
+        if self.check_negotiation(final=False):
+            self._negotiation_done()
+
+    def _negotiation_deadline(self) -> None:
+        self._check_later = None
+        if self._waiter_connected.done() or self._closed:
+            return
+        if not self.check_negotiation(final=True):
+            pending = ", ".join(
+                f"{'WILL' if local else 'DO'} {name_option(opt)}"
+                for local, opt in self._engine.pending()
+            )
+            self.log.debug(
+                "%s: negotiation incomplete after %.1fs%s",
+                self._peer(),
+                self.connect_maxwait,
+                f" (unanswered: {pending})" if pending else "",
+            )
+        self._negotiation_done()
+
+    def _negotiation_done(self) -> None:
+        if self._check_later is not None:
+            self._check_later.cancel()
+            self._check_later = None
+        self._waiter_connected.set_result(self)
+
+    # ----------------------------------------------------------------- events
+
+    def _process_events(self) -> None:
+        for event in self._engine.take_events():
+            kind = type(event)
+            if kind is OptionEnabled:
+                self._acknowledged = True
+                self.on_option_enabled(event.option, event.local)
+                if not self._advanced and self.negotiation_should_advance():
+                    self._advanced = True
+                    self.begin_advanced_negotiation()
+            elif kind is OptionDisabled:
+                self.on_option_disabled(event.option, event.local, event.refused)
+            elif kind is Subnegotiation:
+                self.on_subnegotiation(event.option, event.payload)
+            elif kind is Command:
+                self.on_command(event.cmd)
+            elif kind is ProtocolError:
+                self.log.warning("%s: %s", self._peer(), event.reason)
+        self._flush()
+        if not self._waiter_connected.done() and not self._closed:
+            self._negotiation_progress()
+
+    def on_option_enabled(self, option: int, local: bool) -> None:
+        """An option is now on (``local``: we perform it). For subclasses."""
+
+    def on_option_disabled(self, option: int, local: bool, refused: bool) -> None:
+        """An option is now off, or our request for it was ``refused``. For subclasses."""
+
+    def on_subnegotiation(self, option: int, payload: bytes) -> None:
+        """A complete subnegotiation arrived. For subclasses."""
+        self.log.debug("%s: ignored subnegotiation of %s", self._peer(), name_option(option))
+
+    def on_command(self, cmd: int) -> None:
+        """A two-byte command (AYT, IP, GA, ...) arrived. For subclasses."""
+        self.log.debug("%s: received IAC %s", self._peer(), name_command(cmd))
+
+    # ------------------------------------------------------------------ shell
+
+    def begin_shell(self, future: asyncio.Future[Any]) -> None:
+        """Start the shell once negotiation is over (a done callback)."""
+        if future.cancelled() or self._closed or self.shell is None:
+            return
+        result = self.shell(self.reader, self.writer)
+        if asyncio.iscoroutine(result):
+            self._shell_task = self._loop.create_task(result)
+            self._shell_task.add_done_callback(self._shell_done)
+
+    def _shell_done(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self.log.error(
+                    "%s: shell failed: %s: %s", self._peer(), type(exc).__name__, exc,
+                    exc_info=exc,
+                )
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()

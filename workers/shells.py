@@ -1,0 +1,137 @@
+"""Built-in shells, and resolving ``--shell`` values to callables.
+
+A shell is ``async def shell(reader, writer)``, as in telnetlib3: it starts
+when negotiation ends and the session closes when it returns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from workers.stream_reader import TelnetReader
+from workers.stream_writer import TelnetWriter
+
+ECHO_READ_SIZE = 2**16
+MAX_LINE = 4096
+_BACKSPACES = ("\x7f", "\x08")
+
+
+async def echo(reader: TelnetReader, writer: TelnetWriter) -> None:
+    """Send back whatever arrives, unchanged: the load-test shell."""
+    read, write, drain = reader.read, writer.write, writer.drain
+    while True:
+        data = await read(ECHO_READ_SIZE)
+        if not data:
+            return
+        write(data)
+        await drain()
+
+
+class LineEditor:
+    """Reads lines of text, echoing keystrokes when we agreed to echo (WILL ECHO).
+
+    Handles backspace/DEL and every line end (CR LF, CR NUL, CR, LF), also when
+    a CR and its LF or NUL arrive in different segments.
+    """
+
+    def __init__(self, reader: TelnetReader, writer: TelnetWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._pending = ""  # read past the end of the previous line
+        self._after_cr = False
+
+    async def readline(self) -> str | None:
+        """One line without its end, or None at EOF."""
+        chars: list[str] = []
+        echo = self._writer.echo
+        while True:
+            data, self._pending = self._pending, ""
+            if not data:
+                data = await self._reader.read(1024)
+                if not data:
+                    return None
+                if isinstance(data, bytes):
+                    data = data.decode("latin-1")
+            if self._after_cr:
+                self._after_cr = False
+                if data[0] in "\n\x00":
+                    data = data[1:]
+            for i, char in enumerate(data):
+                if char in "\r\n":
+                    echo("\r\n")
+                    self._pending = data[i + 1 :]
+                    self._after_cr = char == "\r"
+                    return "".join(chars)
+                if char in _BACKSPACES:
+                    if chars:
+                        chars.pop()
+                        echo("\b \b")
+                elif char < " " and char != "\t":
+                    continue
+                elif len(chars) < MAX_LINE:
+                    chars.append(char)
+                    echo(char)
+
+
+async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
+    """The default shell: a banner describing the session, then a line echo."""
+    info = writer.get_extra_info
+    shard = info("shard")
+    encoding = writer.encoding or "binary"
+    writer.write(
+        "\r\nWelcome to shardd.\r\n"
+        f"Terminal {info('TERM')}, window {info('cols')}x{info('rows')}, "
+        f"encoding {encoding}, worker pid {os.getpid()}, "
+        f"shard {'-' if shard is None else shard}.\r\n"
+        "Type a line to hear it back; 'quit' ends the session.\r\n"
+    )
+    editor = LineEditor(reader, writer)
+    while True:
+        writer.write("> ")
+        writer.send_ga()
+        await writer.drain()
+        try:
+            line = await editor.readline()
+        except UnicodeDecodeError:
+            writer.write("\r\n(input was not valid for this session's encoding)\r\n")
+            continue
+        if line is None:
+            return
+        if line.strip().lower() == "quit":
+            writer.write("Goodbye.\r\n")
+            await writer.drain()
+            return
+        writer.write(f"You said: {line}\r\n")
+
+
+BUILTIN_SHELLS: dict[str, Callable[..., Any]] = {"echo": echo, "welcome": welcome}
+
+
+def resolve(spec: str) -> Callable[..., Any]:
+    """A shell from a built-in name or ``module:callable``; ValueError says why not."""
+    return resolve_object(spec, BUILTIN_SHELLS, "shell")
+
+
+def resolve_object(spec: str, builtins: dict[str, Any], what: str) -> Any:
+    if spec in builtins:
+        return builtins[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        names = "|".join(builtins)
+        raise ValueError(f"{what} must be one of {names} or module:callable, not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{what} {spec!r}: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{what} {spec!r}: {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise ValueError(f"{what} {spec!r} is not callable")
+    return obj

@@ -1,0 +1,300 @@
+"""The reader a shell gets: ``read``, ``readline``, ``readexactly``, ``readuntil``.
+
+It holds in-band data only (the engine has already removed telnet sequences)
+and decodes it when the session has an encoding. ``readline`` understands every
+line ending real clients send: CR LF, CR NUL, a lone CR and a lone LF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_LIMIT = 2**16
+
+
+class LineTooLong(ValueError):
+    """``readline`` found no line end within ``limit``; the partial line was dropped."""
+
+
+class TelnetReader:
+    """Buffered reader of one session's in-band data, as ``str`` or ``bytes``.
+
+    ``encoding=None`` gives a bytes reader. ``pause``/``resume`` are called to
+    stop and restart reading from the transport when the buffer passes
+    ``2 * limit`` and falls back under ``limit``.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        encoding: str | None = None,
+        encoding_errors: str = "strict",
+        pause: Callable[[], Any] | None = None,
+        resume: Callable[[], Any] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        self._limit = limit
+        self._loop = loop
+        self._pause = pause
+        self._resume = resume
+        self._paused = False
+        self._eof = False
+        self._exception: BaseException | None = None
+        self._decode_error: UnicodeDecodeError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._cr_pending = False  # a line ended on a CR that closed the buffer
+        self._errors = encoding_errors
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self.encoding: str | None = None
+        self._empty: str | bytes = b""
+        self._cr: Any = b"\r"
+        self._lf: Any = b"\n"
+        self._nul: Any = b"\x00"
+        self._buf: Any = b""
+        self.set_encoding(encoding)
+
+    # ------------------------------------------------------------ the feeding side
+
+    def set_encoding(self, encoding: str | None) -> None:
+        """Decode what arrives from now on with ``encoding`` (``None``: bytes)."""
+        if encoding == self.encoding:
+            return
+        if encoding is None:
+            if self.encoding is not None:
+                raise ValueError("a text reader cannot become a bytes reader")
+            return
+        decoder = codecs.getincrementaldecoder(encoding)(self._errors)
+        if self._decoder is not None:
+            # carry an unfinished multibyte sequence over to the new codec
+            pending = self._decoder.getstate()[0]
+            if pending:
+                decoder.decode(pending)
+        else:
+            self._buf = self._buf.decode(encoding, "replace")
+            self._empty, self._cr, self._lf, self._nul = "", "\r", "\n", "\x00"
+        self._decoder = decoder
+        self.encoding = encoding
+
+    def feed_data(self, data: bytes) -> None:
+        """Take in-band bytes from the protocol; wakes a waiting read."""
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                data = decoder.decode(data)
+            except UnicodeDecodeError as exc:
+                # Keep the text (with replacement characters) and tell the shell
+                # once, on its next read, rather than losing the input.
+                self._decode_error = exc
+                decoder.reset()
+                data = data.decode(self.encoding, "replace")
+        if self._cr_pending:
+            self._cr_pending = False
+            if data[:1] in (self._lf, self._nul):
+                data = data[1:]
+        if not data:
+            return
+        buf = self._buf
+        self._buf = buf + data if buf else data
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._paused and self._pause is not None and len(self._buf) > 2 * self._limit:
+            self._paused = True
+            self._pause()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exception = exc
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def exception(self) -> BaseException | None:
+        return self._exception
+
+    def at_eof(self) -> bool:
+        """True when the peer has closed and the buffer is empty."""
+        return self._eof and not self._buf
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _consumed(self) -> None:
+        if self._paused and len(self._buf) <= self._limit:
+            self._paused = False
+            if self._resume is not None:
+                self._resume()
+
+    async def _wait_for_data(self, func_name: str) -> None:
+        if self._waiter is not None:
+            raise RuntimeError(f"{func_name}() called while another coroutine is already reading")
+        if self._paused:
+            # the shell wants more than is buffered: reading must go on
+            self._paused = False
+            if self._resume is not None:
+                self._resume()
+        loop = self._loop or asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _check_errors(self) -> None:
+        if self._exception is not None:
+            raise self._exception
+        if self._decode_error is not None:
+            exc, self._decode_error = self._decode_error, None
+            raise exc
+
+    # ------------------------------------------------------------- the shell side
+
+    async def read(self, n: int = -1) -> Any:
+        """Up to ``n`` characters (or bytes); ``n < 0`` reads until EOF."""
+        self._check_errors()
+        if n == 0:
+            return self._empty
+        if n < 0:
+            while not self._eof:
+                await self._wait_for_data("read")
+                self._check_errors()
+            data, self._buf = self._buf, self._empty
+            self._consumed()
+            return data
+        if not self._buf:
+            if self._eof:
+                return self._empty
+            await self._wait_for_data("read")
+            self._check_errors()
+        buf = self._buf
+        if n >= len(buf):
+            self._buf = self._empty
+            data = buf
+        else:
+            data = buf[:n]
+            self._buf = buf[n:]
+        self._consumed()
+        return data
+
+    async def readline(self) -> Any:
+        """One line, with its line end: CR LF, LF or CR (a CR NUL is returned as CR).
+
+        At EOF, what remains (possibly empty). A line longer than ``limit``
+        raises :class:`LineTooLong` and is dropped so memory stays bounded.
+        """
+        self._check_errors()
+        scanned = 0
+        cr, lf = self._cr, self._lf
+        while True:
+            buf = self._buf
+            i = buf.find(cr, scanned)
+            j = buf.find(lf, scanned, i if i >= 0 else len(buf))
+            if j >= 0:
+                line, self._buf = buf[: j + 1], buf[j + 1 :]
+                break
+            if i >= 0:
+                following = buf[i + 1 : i + 2]
+                if following == lf:
+                    line, self._buf = buf[: i + 2], buf[i + 2 :]
+                elif following == self._nul:
+                    line, self._buf = buf[: i + 1], buf[i + 2 :]
+                else:
+                    line, self._buf = buf[: i + 1], buf[i + 1 :]
+                    if not following:
+                        self._cr_pending = True
+                break
+            if self._eof:
+                line, self._buf = buf, self._empty
+                break
+            if len(buf) >= self._limit:
+                self._buf = self._empty
+                self._consumed()
+                raise LineTooLong(
+                    f"line longer than the {self._limit} limit without a line end, dropped"
+                )
+            scanned = len(buf)
+            await self._wait_for_data("readline")
+            self._check_errors()
+        self._consumed()
+        return line
+
+    async def readexactly(self, n: int) -> Any:
+        """Exactly ``n`` characters (or bytes); IncompleteReadError if EOF comes first."""
+        if n < 0:
+            raise ValueError("readexactly size can not be less than zero")
+        self._check_errors()
+        while len(self._buf) < n:
+            if self._eof:
+                partial, self._buf = self._buf, self._empty
+                raise asyncio.IncompleteReadError(_as_bytes(partial), n)
+            await self._wait_for_data("readexactly")
+            self._check_errors()
+        buf = self._buf
+        data, self._buf = buf[:n], buf[n:]
+        self._consumed()
+        return data
+
+    async def readuntil(self, separator: Any = None) -> Any:
+        """Data up to and including ``separator`` (default a newline)."""
+        if separator is None:
+            separator = self._lf
+        if isinstance(separator, str) is isinstance(self._empty, bytes):
+            raise TypeError(f"separator must be {type(self._empty).__name__}")
+        if not separator:
+            raise ValueError("separator should be at least one-byte string")
+        self._check_errors()
+        scanned = 0
+        while True:
+            buf = self._buf
+            i = buf.find(separator, scanned)
+            if i >= 0:
+                end = i + len(separator)
+                data, self._buf = buf[:end], buf[end:]
+                self._consumed()
+                return data
+            if len(buf) > self._limit:
+                raise asyncio.LimitOverrunError(
+                    "separator is not found, and chunk exceed the limit", len(buf)
+                )
+            if self._eof:
+                self._buf = self._empty
+                raise asyncio.IncompleteReadError(_as_bytes(buf), None)
+            scanned = max(0, len(buf) - len(separator) + 1)
+            await self._wait_for_data("readuntil")
+            self._check_errors()
+
+    def __aiter__(self) -> TelnetReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    def __repr__(self) -> str:
+        state = ["eof"] if self._eof else []
+        if self._paused:
+            state.append("paused")
+        return f"<TelnetReader encoding={self.encoding!r} buffered={len(self._buf)} {state}>"
+
+
+def _as_bytes(data: str | bytes) -> bytes:
+    return data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
