@@ -185,6 +185,11 @@ class TelnetEngine:
                 if i < 0:
                     inband.append(data[pos:])
                     break
+                if data[i + 1 : i + 2] == IAC_BYTE:
+                    # escaped 0xFF data, by far the commonest IAC in binary streams
+                    inband.append(data[pos : i + 1])
+                    pos = i + 2
+                    continue
                 if i > pos:
                     inband.append(data[pos:i])
                 pos = i + 1
