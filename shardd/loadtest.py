@@ -165,7 +165,7 @@ async def echo(
             run.failures["refused"] += 1
         except ConnectionResetError:
             run.failures["reset"] += 1
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             run.failures["timeout"] += 1
 
     await asyncio.gather(*(connect() for _ in range(sessions)))

@@ -107,7 +107,7 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"shardd did not exit within {timeout}s of signal {sig}")
+            raise AssertionError(f"shardd did not exit within {timeout}s of signal {sig}") from None
 
 
 @pytest.fixture
