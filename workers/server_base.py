@@ -364,7 +364,10 @@ class BaseServer(asyncio.Protocol):
     def _shell_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled():
             exc = task.exception()
-            if exc is not None:
+            if isinstance(exc, ConnectionError) and self._closed:
+                # the peer went away mid-read or mid-drain: routine, not a shell bug
+                self.log.debug("%s: shell ended by lost connection: %s", self._peer(), exc)
+            elif exc is not None:
                 self.log.error(
                     "%s: shell failed: %s: %s", self._peer(), type(exc).__name__, exc,
                     exc_info=exc,
