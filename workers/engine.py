@@ -277,6 +277,14 @@ class TelnetEngine:
     # ---------------------------------------------------- RFC 1143 negotiation
 
     def _negotiate(self, verb: int, opt: int) -> None:
+        if opt == TM and verb in (WILL, WONT) and self._remote.state.get(TM, NO) == WANTYES:
+            # the answer to our DO TIMING-MARK: the mark itself, after which TM
+            # is back to NO so another mark can be asked for
+            self._remote.state.pop(TM, None)
+            self._remote.queue.discard(TM)
+            event = OptionEnabled(TM, False) if verb == WILL else OptionDisabled(TM, False, True)
+            self.events.append(event)
+            return
         if verb in (WILL, WONT):
             self._received(self._remote, opt, verb == WILL, DO, DONT, local=False)
         elif opt == TM and verb == DO:
