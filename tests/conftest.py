@@ -52,6 +52,8 @@ class ServerProcess:
         self.args = list(args)
         self.lines: list[str] = []
         self._cond = threading.Condition()
+        if "--workers" not in args:
+            args = ("--workers", "0", *args)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shardd", "serve", "--host", "127.0.0.1", "--port", "0",
              *args],

@@ -1,7 +1,7 @@
 """Shells for the end-to-end tests: they tell the client what the server saw.
 
-Run by a real ``shardd serve`` subprocess (``--shell tests.shells_for_tests:report``);
-the server is started from the project root, so ``tests`` imports from there.
+A real ``shardd serve`` subprocess runs them (``--shell tests.shells_for_tests:report``);
+it is started from the project root, so ``tests`` imports from there.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workers.shells import welcome
+from workers.shells import LineEditor
 
 #: the ``get_extra_info`` keys ``report`` sends back
 REPORTED_KEYS = (
@@ -27,8 +27,33 @@ def session_report(reader: Any, writer: Any) -> dict[str, Any]:
     return report
 
 
+def _write(writer: Any, text: str) -> None:
+    writer.write(text if writer.encoding is not None else text.encode("utf-8"))
+
+
 async def report(reader: Any, writer: Any) -> None:
-    """One line ``REPORT {json}``, then the ``welcome`` shell."""
-    line = REPORT_PREFIX + json.dumps(session_report(reader, writer), default=str) + "\r\n"
-    writer.write(line if writer.encoding is not None else line.encode("ascii"))
-    await welcome(reader, writer)
+    """``REPORT {json}`` now and whenever the line ``report`` is typed.
+
+    Any other line is answered ``You said: <line>``; ``quit`` ends the session.
+    """
+
+    def send_report() -> None:
+        _write(writer, REPORT_PREFIX + json.dumps(session_report(reader, writer),
+                                                  default=str) + "\r\n")
+
+    send_report()
+    editor = LineEditor(reader, writer)
+    while True:
+        _write(writer, "> ")
+        await writer.drain()
+        line = await editor.readline()
+        if line is None:
+            return
+        if line.strip() == "report":
+            send_report()
+        elif line.strip() == "quit":
+            _write(writer, "Goodbye.\r\n")
+            await writer.drain()
+            return
+        else:
+            _write(writer, f"You said: {line}\r\n")

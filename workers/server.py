@@ -69,7 +69,9 @@ class TelnetServer(BaseServer):
         self._awaiting: set[str] = set()  # subnegotiation replies still owed to us
         self._environ_replies_due = 0
         self._charset: str | None = None
-        self._env_names: set[str] = set()  # variables the client sent by NEW-ENVIRON
+        # What the client sent by NEW-ENVIRON, kept apart so that it can never
+        # override what the server knows itself (peername, cols, ...).
+        self._environ: dict[str, str] = {}
         self._naws_seen = False
 
     # ------------------------------------------------------------ negotiation
@@ -110,7 +112,7 @@ class TelnetServer(BaseServer):
             or (incoming and not engine.remote_enabled(BINARY))
         ):
             return "US-ASCII"
-        lang = self._extra.get("LANG")
+        lang = self._environ.get("LANG")
         if lang:
             from_lang = options.lang_encoding(lang)
             if from_lang:
@@ -120,9 +122,14 @@ class TelnetServer(BaseServer):
         return self.default_encoding or "US-ASCII"  # type: ignore[return-value]
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The protocol's own values, then the transport's, then NEW-ENVIRON variables."""
         if name == "charset" and "charset" not in self._extra:
             return self.encoding(incoming=True)
-        return super().get_extra_info(name, default)
+        missing = object()
+        value = super().get_extra_info(name, missing)
+        if value is missing:
+            return self._environ.get(name, default)
+        return value
 
     def _update_codecs(self) -> None:
         if self.default_encoding is False or self.reader is None:
@@ -195,7 +202,7 @@ class TelnetServer(BaseServer):
         self._ttypes.append(value)
         n = len(self._ttypes)
         self._extra[f"ttype{n}"] = value
-        if n == 1 and "TERM" not in self._env_names:
+        if n == 1 and "TERM" not in self._environ:
             self._set_term(value)
         repeated = n > 1 and value in (self._ttypes[0], self._ttypes[-2])
         if repeated or n >= self.TTYPE_LOOPMAX:
@@ -224,8 +231,7 @@ class TelnetServer(BaseServer):
         for _kind, name, value in items:
             if not name or value is None:
                 continue
-            self._extra[name] = value
-            self._env_names.add(name)
+            self._environ[name] = value
             if name == "TERM" and value:
                 self._set_term(value)
             elif name in ("COLUMNS", "LINES") and value.isdigit() and not self._naws_seen:
@@ -234,7 +240,7 @@ class TelnetServer(BaseServer):
             self._environ_replies_due -= 1
             if not self._environ_replies_due:
                 self._awaiting.discard("environ")
-        if "LANG" in self._env_names:
+        if "LANG" in self._environ:
             self._update_codecs()
 
     def _on_charset(self, payload: bytes) -> None:

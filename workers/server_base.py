@@ -132,6 +132,8 @@ class BaseServer(asyncio.Protocol):
         inband = engine.receive(data)
         if engine.events:
             self._process_events()
+        elif engine.has_output:  # refusals and timing marks come with no event
+            self._flush()
         if inband:
             self.reader.feed_data(inband)  # type: ignore[union-attr]
 

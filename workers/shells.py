@@ -40,13 +40,14 @@ class LineEditor:
     def __init__(self, reader: TelnetReader, writer: TelnetWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._echo = lambda text: writer.echo(_encode(writer, text))
         self._pending = ""  # read past the end of the previous line
         self._after_cr = False
 
     async def readline(self) -> str | None:
         """One line without its end, or None at EOF."""
         chars: list[str] = []
-        echo = self._writer.echo
+        echo = self._echo
         while True:
             data, self._pending = self._pending, ""
             if not data:
@@ -76,12 +77,25 @@ class LineEditor:
                     echo(char)
 
 
+def _encode(writer: TelnetWriter, text: str) -> bytes:
+    """Text in the session's current encoding; what it cannot carry becomes '?'.
+
+    A session without BINARY is US-ASCII, and its user may still type
+    anything: the shell must not die writing back what it was sent.
+    """
+    return text.encode(writer.encoding or "latin-1", "replace")
+
+
 async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
     """The default shell: a banner describing the session, then a line echo."""
     info = writer.get_extra_info
     shard = info("shard")
     encoding = writer.encoding or "binary"
-    writer.write(
+
+    def say(text: str) -> None:
+        writer.write(_encode(writer, text))
+
+    say(
         "\r\nWelcome to shardd.\r\n"
         f"Terminal {info('TERM')}, window {info('cols')}x{info('rows')}, "
         f"encoding {encoding}, worker pid {os.getpid()}, "
@@ -90,21 +104,21 @@ async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
     )
     editor = LineEditor(reader, writer)
     while True:
-        writer.write("> ")
+        say("> ")
         writer.send_ga()
         await writer.drain()
         try:
             line = await editor.readline()
         except UnicodeDecodeError:
-            writer.write("\r\n(input was not valid for this session's encoding)\r\n")
+            say("\r\n(input was not valid for this session's encoding)\r\n")
             continue
         if line is None:
             return
         if line.strip().lower() == "quit":
-            writer.write("Goodbye.\r\n")
+            say("Goodbye.\r\n")
             await writer.drain()
             return
-        writer.write(f"You said: {line}\r\n")
+        say(f"You said: {line}\r\n")
 
 
 BUILTIN_SHELLS: dict[str, Callable[..., Any]] = {"echo": echo, "welcome": welcome}

@@ -49,6 +49,7 @@ class TelnetReader:
         self._decode_error: UnicodeDecodeError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._cr_pending = False  # a line ended on a CR that closed the buffer
+        self._discarding = False  # dropping the rest of a line that was too long
         self._errors = encoding_errors
         self._decoder: codecs.IncrementalDecoder | None = None
         self.encoding: str | None = None
@@ -89,28 +90,54 @@ class TelnetReader:
                 data = decoder.decode(data)
             except UnicodeDecodeError as exc:
                 # Keep the text (with replacement characters) and tell the shell
-                # once, on its next read, rather than losing the input.
+                # once, on its next read, rather than losing the input. The
+                # failed call left the decoder's state untouched, so a character
+                # split across chunks survives.
                 self._decode_error = exc
-                decoder.reset()
-                data = data.decode(self.encoding, "replace")
+                replacing = codecs.getincrementaldecoder(self.encoding)("replace")
+                replacing.setstate(decoder.getstate())
+                data = replacing.decode(data)
+                decoder.setstate(replacing.getstate())
         if self._cr_pending:
             self._cr_pending = False
             if data[:1] in (self._lf, self._nul):
                 data = data[1:]
+        if self._discarding:
+            data = self._skip_rest_of_line(data)
         if not data:
             return
         buf = self._buf
         self._buf = buf + data if buf else data
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
         if not self._paused and self._pause is not None and len(self._buf) > 2 * self._limit:
             self._paused = True
             self._pause()
 
+    def _skip_rest_of_line(self, data: Any) -> Any:
+        cr, lf = data.find(self._cr), data.find(self._lf)
+        ends = [k for k in (cr, lf) if k >= 0]
+        if not ends:
+            return self._empty
+        self._discarding = False
+        end = min(ends)
+        if end == cr:
+            following = data[end + 1 : end + 2]
+            if following in (self._lf, self._nul):
+                return data[end + 2 :]
+            if not following:
+                self._cr_pending = True
+        return data[end + 1 :]
+
     def feed_eof(self) -> None:
+        if self._decoder is not None and not self._eof:
+            try:
+                tail = self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                # a character cut off by the end of the stream
+                self._decode_error = exc
+                tail = "\ufffd"
+            if tail:
+                self._buf = self._buf + tail if self._buf else tail
         self._eof = True
         self._wake()
 
@@ -208,6 +235,7 @@ class TelnetReader:
             j = buf.find(lf, scanned, i if i >= 0 else len(buf))
             if j >= 0:
                 line, self._buf = buf[: j + 1], buf[j + 1 :]
+                self._check_line_length(line)
                 break
             if i >= 0:
                 following = buf[i + 1 : i + 2]
@@ -219,12 +247,14 @@ class TelnetReader:
                     line, self._buf = buf[: i + 1], buf[i + 1 :]
                     if not following:
                         self._cr_pending = True
+                self._check_line_length(line)
                 break
             if self._eof:
                 line, self._buf = buf, self._empty
                 break
             if len(buf) >= self._limit:
                 self._buf = self._empty
+                self._discarding = True  # the rest of this line is dropped as it comes
                 self._consumed()
                 raise LineTooLong(
                     f"line longer than the {self._limit} limit without a line end, dropped"
@@ -234,6 +264,11 @@ class TelnetReader:
             self._check_errors()
         self._consumed()
         return line
+
+    def _check_line_length(self, line: Any) -> None:
+        if len(line) > self._limit + 2:  # the limit is for the text, not its line end
+            self._consumed()
+            raise LineTooLong(f"line of {len(line)} longer than the {self._limit} limit, dropped")
 
     async def readexactly(self, n: int) -> Any:
         """Exactly ``n`` characters (or bytes); IncompleteReadError if EOF comes first."""

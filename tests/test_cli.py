@@ -1,0 +1,213 @@
+"""The ``shardd`` command line: usage errors, bind errors, and a clean stop."""
+
+from __future__ import annotations
+
+import select
+import signal
+import socket
+import time
+
+import pytest
+from conftest import run_shardd
+
+IAC, DO, WONT, GA = 255, 253, 252, 249
+TTYPE = 24
+IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
+
+
+# ------------------------------------------------------------- usage errors
+
+BAD_VALUES = [
+    # (arguments, words the one error line must contain)
+    (["--port", "70000"], ["port", "70000"]),
+    (["--port", "abc"], ["port", "abc"]),
+    (["--port", "-1"], ["port", "-1"]),
+    (["--port", "1.5"], ["port", "1.5"]),
+    (["--connect-maxwait", "-1"], ["connect-maxwait", "-1"]),
+    (["--connect-maxwait", "nan"], ["connect-maxwait", "nan"]),
+    (["--connect-maxwait", "inf"], ["connect-maxwait", "inf"]),
+    (["--connect-maxwait", "soon"], ["connect-maxwait", "soon"]),
+    (["--limit", "0"], ["limit", "0"]),
+    (["--limit", "many"], ["limit", "many"]),
+    (["--encoding", "nosuchcodec"], ["encoding", "nosuchcodec"]),
+    (["--encoding-errors", "nosuchhandler"], ["encoding-errors", "nosuchhandler"]),
+    (["--shell", "nosuchmodule:fn"], ["shell", "nosuchmodule"]),
+    (["--shell", "bogus"], ["shell", "bogus"]),
+    (["--shell", "workers.shells:nosuchshell"], ["shell", "nosuchshell"]),
+    (["--shell", "workers.shells:MAX_LINE"], ["shell", "not callable"]),
+    (["--workers", "2000"], ["workers", "2000"]),
+    (["--worker-timeout", "0"], ["worker-timeout", "0"]),
+    (["--stats-interval", "0"], ["stats-interval", "0"]),
+    (["--log-format", "xml"], ["log-format", "xml"]),
+    (["--protocol", "workers.shells:echo"], ["protocol", "BaseServer"]),
+    (["--protocol", "nosuchmodule:Cls"], ["protocol", "nosuchmodule"]),
+    (["--user", "no-such-user-here"], ["user", "no-such-user-here"]),
+    (["--config", "/nonexistent/shardd.toml"], ["config", "/nonexistent/shardd.toml"]),
+    (["--workers", "-1"], ["workers", "-1"]),
+    (["--graceful-timeout", "nan"], ["graceful-timeout", "nan"]),
+    (["--backlog", "0"], ["backlog", "0"]),
+    (["--bogus"], ["--bogus"]),
+    (["--log-level", "loud"], ["log-level", "loud"]),
+    (["--host", ""], ["host"]),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_value_is_one_line_and_exit_2(args: list[str], words: list[str]) -> None:
+    result = run_shardd("serve", "--host", "127.0.0.1", "--port", "0", *args)
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    (line,) = lines
+    assert line.startswith("shardd: error: "), line
+    for word in words:
+        assert word in line, (word, line)
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = run_shardd()
+    assert result.returncode == 2, result
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_port_in_use_is_one_line_and_nonzero() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_shardd("serve", "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode != 0, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(port) in lines[0] and "in use" in lines[0].lower(), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------- running servers
+
+
+def _connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _read_until(sock: socket.socket, marker: bytes, got: bytearray,
+                timeout: float = 10.0) -> bytearray:
+    """Receive into ``got`` until ``marker`` is in it; fail on timeout or EOF."""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {marker!r}; got {bytes(got)!r}"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        assert chunk, f"EOF waiting for {marker!r}; got {bytes(got)!r}"
+        got += chunk
+    return got
+
+
+def _read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> bytearray:
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no EOF after {timeout}s; got {bytes(got)!r}"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
+def _start_session(port: int) -> tuple[socket.socket, bytearray]:
+    """Connect, refuse TTYPE (settling negotiation at once) and read to the prompt."""
+    sock = _connect(port)
+    got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+    sock.sendall(bytes((IAC, WONT, TTYPE)))
+    _read_until(sock, b"> ", got)
+    return sock, got
+
+
+def test_encoding_false_starts_with_bytes_echo_shell(serve) -> None:
+    server = serve("--encoding", "false", "--shell", "echo")
+    with _connect(server.port) as sock:
+        got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+        sock.sendall(bytes((IAC, WONT, TTYPE)))
+        sock.sendall(b"bytes \x80\xfe\xff\xff!")  # not text in any session encoding
+        _read_until(sock, b"!", got)
+    assert bytes(got) == IAC_DO_TTYPE + b"bytes \x80\xfe\xff\xff!"
+    assert server.proc.poll() is None
+
+
+def test_encoding_false_welcome_shell(serve) -> None:
+    """The default shell in a bytes session: its banner says 'encoding binary'."""
+    server = serve("--encoding", "false")
+    try:
+        sock, got = _start_session(server.port)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nserver log:\n{server.log_text()}") from None
+    with sock:
+        assert b"Welcome to shardd." in got
+        assert b"encoding binary" in got
+        sock.sendall(b"hello\r\n")
+        _read_until(sock, b"You said: hello\r\n", got)
+    assert "shell failed" not in server.log_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
+    server = serve()
+    sock, got = _start_session(server.port)
+    idle = _connect(server.port)  # a second client, still negotiating
+    with sock, idle:
+        _read_until(idle, IAC_DO_TTYPE, bytearray())
+        assert server.stop(sig) == 0
+        _read_to_eof(sock, got)
+        idle_got = _read_to_eof(idle, bytearray())
+    assert b"The server is shutting down. Goodbye.\r\n" in got, got
+    assert b"shutting down" in idle_got, idle_got
+    server.wait_for_log(r"INFO shardd: stopped")
+    assert "Traceback" not in server.log_text()
+
+
+def test_sigterm_goodbye_in_bytes_session(serve) -> None:
+    server = serve("--encoding", "false", "--shell", "echo")
+    with _connect(server.port) as sock:
+        got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+        sock.sendall(bytes((IAC, WONT, TTYPE)) + b"ping")
+        _read_until(sock, b"ping", got)
+        assert server.stop(signal.SIGTERM) == 0
+        _read_to_eof(sock, got)
+    assert b"shutting down" in got, got
+
+
+def test_stop_is_bounded_by_graceful_timeout_when_a_client_never_reads(serve) -> None:
+    """A client that floods the echo shell and never reads cannot hold the stop up."""
+    server = serve("--encoding", "false", "--shell", "echo", "--graceful-timeout", "1")
+    with _connect(server.port) as sock:
+        _read_until(sock, IAC_DO_TTYPE, bytearray())
+        sock.sendall(bytes((IAC, WONT, TTYPE)))
+        sock.setblocking(False)
+        # send until the socket stays unwritable: every buffer on the way is full
+        chunk = b"x" * 65536
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the server kept reading for 30s"
+            _, writable, _ = select.select([], [sock], [], 1.0)
+            if not writable:
+                break
+            try:
+                sock.send(chunk)
+            except BlockingIOError:
+                pass
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - started < 6
+    server.wait_for_log(r"INFO shardd: stopped")
