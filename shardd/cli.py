@@ -1,16 +1,49 @@
-"""The ``shardd`` command line."""
+"""The ``shardd`` command line: serve, status, reload, stop, workers."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
-from shardd.config import ConfigError, ServeConfig
+from shardd import control, logs
+from shardd.config import ConfigError, ServeConfig, build, load_toml
 
 USAGE_ERROR = 2
+
+# flag -> (metavar or None for a switch, help)
+_SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
+    "host": ("ADDRESS", "address to listen on (default 127.0.0.1)"),
+    "port": ("PORT", "TCP port (default 6023; 0 picks a free one)"),
+    "workers": ("N", "worker processes, one shard each (default: CPU count); "
+                     "0 serves in this process without a supervisor"),
+    "shell": ("SHELL", "echo, welcome, or module:callable, an async shell(reader, writer) "
+                       "(default welcome)"),
+    "protocol": ("MODULE:CLASS", "protocol class, a BaseServer subclass "
+                                 "(default workers.server:TelnetServer)"),
+    "encoding": ("CODEC", "session encoding, or 'false' for bytes (default utf8)"),
+    "encoding_errors": ("HANDLER", "codec error handler (default strict)"),
+    "force_binary": (None, "decode with the encoding even where BINARY was not negotiated"),
+    "connect_maxwait": ("SECONDS", "longest wait for negotiation before the shell starts "
+                                   "(default 4)"),
+    "limit": ("BYTES", "reader buffer limit and longest line (default 65536)"),
+    "graceful_timeout": ("SECONDS", "how long a stop waits for sessions (default 10)"),
+    "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced "
+                                  "(default 30)"),
+    "stats_interval": ("SECONDS", "how often workers report session statistics (default 1)"),
+    "backlog": ("N", "listen backlog per shard (default 4096)"),
+    "pidfile": ("PATH", "write the supervisor's pid here"),
+    "user": ("USER", "switch to this user after binding"),
+    "group": ("GROUP", "switch to this group after binding"),
+    "control": ("PATH", "control socket (default derived from the port)"),
+    "log_level": ("LEVEL", "debug, info, warning or error (default info)"),
+    "log_format": ("FORMAT", "text or json (default text)"),
+    "log_file": ("PATH", "log to this file (reopened on SIGUSR1) instead of stderr"),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,58 +53,81 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--port", type=int, default=6023,
+                        help="the port the server was started with (default 6023)")
+    target.add_argument("--control", metavar="PATH", help="the server's control socket")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shardd", description="A multiprocess, sharded telnet server.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    d = ServeConfig()
+
     serve = commands.add_parser("serve", help="run the telnet server")
-    serve.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host})")
-    serve.add_argument("--port", default=d.port, help=f"TCP port (default {d.port})")
-    serve.add_argument(
-        "--workers", default=d.workers,
-        help="worker processes; 0 serves in this process without a supervisor (default 0)",
-    )
-    serve.add_argument(
-        "--shell", default=d.shell,
-        help="echo, welcome, or module:callable, an async shell(reader, writer) (default welcome)",
-    )
-    serve.add_argument(
-        "--encoding", default=d.encoding,
-        help="session encoding, or 'false' for a bytes reader and writer (default utf8)",
-    )
-    serve.add_argument("--encoding-errors", default=d.encoding_errors,
-                       help="codec error handler (default strict)")
-    serve.add_argument("--force-binary", action="store_true",
-                       help="decode with the encoding even where BINARY was not negotiated")
-    serve.add_argument("--connect-maxwait", default=d.connect_maxwait, metavar="SECONDS",
-                       help="longest wait for negotiation before the shell starts (default 4)")
-    serve.add_argument("--limit", default=d.limit, metavar="BYTES",
-                       help="reader buffer limit and longest line (default 65536)")
-    serve.add_argument("--graceful-timeout", default=d.graceful_timeout, metavar="SECONDS",
-                       help="how long a stop waits for sessions to close (default 10)")
-    serve.add_argument("--backlog", default=d.backlog, help="listen backlog (default 4096)")
-    serve.add_argument("--log-level", default=d.log_level, help="debug, info, warning or error")
+    serve.add_argument("--config", metavar="FILE.toml",
+                       help="settings file with the same keys as these flags (flags win)")
+    for name, (metavar, text) in _SERVE_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if metavar is None:
+            serve.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        else:
+            serve.add_argument(flag, metavar=metavar, default=None, help=text)
+
+    status = commands.add_parser("status", help="show workers and sessions")
+    _add_target(status)
+    status.add_argument("--json", action="store_true", help="every field, every session")
+    status.add_argument("--watch", type=float, metavar="SECONDS",
+                        help="refresh every SECONDS until interrupted")
+    for name, text in (("reload", "rolling restart, one shard at a time"),
+                       ("stop", "graceful stop")):
+        _add_target(commands.add_parser(name, help=text))
+    workers = commands.add_parser("workers", help="add or remove shards: +N or -N")
+    _add_target(workers)
+    workers.add_argument("delta", help="+N or -N")
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from workers import shells
-    from workers.serve import SessionOptions, bind, run_single_process
+# ------------------------------------------------------------------- serve
 
-    cfg = ServeConfig(
-        host=args.host, port=args.port, workers=args.workers, shell=args.shell,
-        encoding=args.encoding, encoding_errors=args.encoding_errors,
-        force_binary=args.force_binary, connect_maxwait=args.connect_maxwait,
-        limit=args.limit, graceful_timeout=args.graceful_timeout, backlog=args.backlog,
-        log_level=args.log_level,
-    ).check()
+def _serve(args: argparse.Namespace) -> int:
+    file_settings: dict[str, Any] = {}
+    if args.config:
+        file_settings = load_toml(args.config)
+    flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
+    cfg = build(file_settings, flags, args.config)
+    opts = _session_options(cfg)
+    logs.setup(cfg.log_level, cfg.log_format, cfg.log_file)
+    if cfg.workers == 0:
+        return _serve_single(cfg, opts)
+    return _serve_supervised(cfg, opts)
+
+
+def _session_options(cfg: ServeConfig) -> Any:
+    from workers import shells
+    from workers.serve import SessionOptions
+    from workers.server_base import BaseServer
+
     try:
         shell = shells.resolve(cfg.shell)
     except ValueError as exc:
         raise ConfigError("shell", str(exc)) from None
-    if cfg.workers != 0:
-        raise ConfigError("workers", "only 0 (a single process, no supervisor) is available yet")
-    _setup_logging(cfg.log_level)
+    try:
+        protocol = shells.resolve_object(cfg.protocol, {}, "protocol")
+    except ValueError as exc:
+        raise ConfigError("protocol", str(exc)) from None
+    if not (isinstance(protocol, type) and issubclass(protocol, BaseServer)):
+        raise ConfigError("protocol", f"{cfg.protocol} is not a BaseServer subclass")
+    return SessionOptions(
+        shell=shell, protocol=protocol, encoding=cfg.encoding,
+        encoding_errors=cfg.encoding_errors, force_binary=cfg.force_binary,
+        connect_maxwait=cfg.connect_maxwait, limit=cfg.limit,
+    )
+
+
+def _serve_single(cfg: ServeConfig, opts: Any) -> int:
+    from workers.serve import bind, run_single_process
+
     log = logging.getLogger("shardd")
     try:
         sock = bind(cfg.host, cfg.port, backlog=cfg.backlog)
@@ -82,21 +138,79 @@ def _serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     log.info("serving telnet on %s:%s (pid %d, single process, shell %s)",
              host, port, os.getpid(), cfg.shell)
-    opts = SessionOptions(
-        shell=shell, encoding=cfg.encoding, encoding_errors=cfg.encoding_errors,
-        force_binary=cfg.force_binary, connect_maxwait=cfg.connect_maxwait, limit=cfg.limit,
-    )
     run_single_process(sock, opts, cfg.graceful_timeout)
     log.info("stopped")
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
+    from shardd import privileges
+    from shardd.supervisor import Supervisor, remove_pidfile, write_pidfile
+
+    supervisor = Supervisor(cfg, opts)
+    try:
+        supervisor.bind_shards()
+    except OSError as exc:
+        print(f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    try:
+        supervisor.bind_control()
+        if cfg.pidfile:
+            write_pidfile(cfg.pidfile)
+        privileges.drop(cfg.user, cfg.group,
+                        [p for p in (supervisor.control.path if supervisor.control else None,
+                                     cfg.pidfile, cfg.log_file) if p])
+    except OSError as exc:
+        print(f"shardd: cannot start: {exc.strerror or exc}"
+              + (f": {exc.filename}" if getattr(exc, "filename", None) else ""),
+              file=sys.stderr)
+        return 1
+    try:
+        return supervisor.run()
+    finally:
+        if cfg.pidfile:
+            remove_pidfile(cfg.pidfile)
+
+
+# ---------------------------------------------------------------- operator
+
+def _control_path(args: argparse.Namespace) -> str:
+    return args.control or control.default_path(args.port)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from shardd import status_view
+
+    if args.watch is not None and not 0.1 <= args.watch <= 3600:
+        raise ConfigError("watch", "must be between 0.1 and 3600 seconds")
+    path = _control_path(args)
+    while True:
+        reply = control.request(path, {"cmd": "status"})
+        reply.pop("ok", None)
+        if args.json:
+            print(json.dumps(reply, indent=None if args.watch else 2), flush=True)
+        else:
+            if args.watch and sys.stdout.isatty():
+                print("\x1b[H\x1b[2J", end="")
+            print(status_view.render(reply), flush=True)
+        if args.watch is None:
+            return 0
+        time.sleep(args.watch)  # the operator asked for a refresh period
+
+
+def _simple(args: argparse.Namespace, payload: dict[str, Any]) -> int:
+    reply = control.request(_control_path(args), payload)
+    message = reply.get("message") or f"{reply.get('workers')} shards"
+    print(f"shardd: {message}")
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    text = args.delta
+    if not text or text[0] not in "+-" or not text[1:].isdigit():
+        raise ConfigError("workers", f"give +N or -N, not {text!r}")
+    return _simple(args, {"cmd": "workers", "delta": int(text)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,9 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "reload":
+            return _simple(args, {"cmd": "reload"})
+        if args.command == "stop":
+            return _simple(args, {"cmd": "stop"})
+        if args.command == "workers":
+            return _workers(args)
     except ConfigError as exc:
         print(f"shardd: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except control.ControlError as exc:
+        print(f"shardd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `shardd status | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return USAGE_ERROR
 
 

@@ -1,14 +1,22 @@
 """Server configuration: every setting, its default, and how its value is checked.
 
-A bad value raises :class:`ConfigError` naming the key and what is wrong; the
+Settings come from the defaults, then a TOML file (``--config``), then the
+command line, each overriding the one before. File keys are the flag names
+(``worker-timeout``; ``worker_timeout`` is accepted too). A bad value raises
+:class:`ConfigError` naming the key (and the file) and what is wrong; the
 command line turns that into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import codecs
+import grp
 import ipaddress
+import math
+import os
+import pwd
 import socket
+import tomllib
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -16,59 +24,129 @@ from typing import Any
 class ConfigError(ValueError):
     """A setting with a bad value; ``str()`` is the one line to show."""
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
+    def __init__(self, key: str, problem: str, source: str | None = None) -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {problem}")
         self.key = key
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 6023
-    workers: int = 0
+    workers: int | None = None  # None: one per CPU
     shell: str = "welcome"
+    protocol: str = "workers.server:TelnetServer"
     encoding: str | bool = "utf8"
     encoding_errors: str = "strict"
     force_binary: bool = False
     connect_maxwait: float = 4.0
     limit: int = 2**16
     graceful_timeout: float = 10.0
+    worker_timeout: float = 30.0
+    stats_interval: float = 1.0
     backlog: int = 4096
+    pidfile: str | None = None
+    user: str | None = None
+    group: str | None = None
+    control: str | None = None
     log_level: str = "info"
-
-    def check(self) -> ServeConfig:
-        """Validate every field in place; return self."""
-        check_host(self.host)
-        self.port = check_int("port", self.port, 0, 65535)
-        self.workers = check_int("workers", self.workers, 0, 1024)
-        self.encoding = check_encoding(self.encoding)
-        try:
-            codecs.lookup_error(self.encoding_errors)
-        except LookupError:
-            raise ConfigError(
-                "encoding-errors", f"unknown error handler {self.encoding_errors!r}"
-            ) from None
-        self.connect_maxwait = check_float("connect-maxwait", self.connect_maxwait, 0.0, 3600.0)
-        self.limit = check_int("limit", self.limit, 64, 2**30)
-        self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
-        self.backlog = check_int("backlog", self.backlog, 1, 65535)
-        if self.log_level.lower() not in LOG_LEVELS:
-            raise ConfigError("log-level", f"must be one of {', '.join(LOG_LEVELS)}, "
-                                           f"not {self.log_level!r}")
-        self.log_level = self.log_level.lower()
-        return self
+    log_format: str = "text"
+    log_file: str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def check(self, source: str | None = None) -> ServeConfig:
+        """Validate and normalise every field in place; return self."""
+        try:
+            self._check()
+        except ConfigError as exc:
+            if source:
+                raise ConfigError(exc.key, str(exc).split(": ", 1)[1], source) from None
+            raise
+        return self
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
+    def _check(self) -> None:
+        check_host(self.host)
+        self.port = check_int("port", self.port, 0, 65535)
+        if self.workers is None:
+            self.workers = os.cpu_count() or 1
+        self.workers = check_int("workers", self.workers, 0, 1024)
+        self.shell = check_str("shell", self.shell)
+        self.protocol = check_str("protocol", self.protocol)
+        self.encoding = check_encoding(self.encoding)
+        try:
+            codecs.lookup_error(check_str("encoding-errors", self.encoding_errors))
+        except LookupError:
+            raise ConfigError(
+                "encoding-errors", f"unknown error handler {self.encoding_errors!r}"
+            ) from None
+        self.force_binary = check_bool("force-binary", self.force_binary)
+        self.connect_maxwait = check_float("connect-maxwait", self.connect_maxwait, 0.0, 3600.0)
+        self.limit = check_int("limit", self.limit, 64, 2**30)
+        self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
+        self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
+        self.stats_interval = check_float("stats-interval", self.stats_interval, 0.05, 3600)
+        self.backlog = check_int("backlog", self.backlog, 1, 65535)
+        self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
+        self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
+        for key in ("pidfile", "control", "log_file", "user", "group"):
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, check_str(key.replace("_", "-"), value))
+        if self.user is not None:
+            try:
+                pwd.getpwnam(self.user)
+            except KeyError:
+                raise ConfigError("user", f"no such user {self.user!r}") from None
+        if self.group is not None:
+            try:
+                grp.getgrnam(self.group)
+            except KeyError:
+                raise ConfigError("group", f"no such group {self.group!r}") from None
 
 
-def check_host(host: str) -> None:
-    if not host:
-        raise ConfigError("host", "must not be empty")
+def load_toml(path: str) -> dict[str, Any]:
+    """Settings from a TOML file, keys normalised; ConfigError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    known = set(ServeConfig.keys())
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(key, "unknown setting", path)
+        settings[name] = value
+    return settings
+
+
+def build(file_settings: dict[str, Any], flag_settings: dict[str, Any],
+          source: str | None = None) -> ServeConfig:
+    """Defaults, then the file's settings, then the flags; checked."""
+    cfg = ServeConfig()
+    for name, value in file_settings.items():
+        setattr(cfg, name, value)
+    cfg.check(source)
+    for name, value in flag_settings.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg.check()
+
+
+def check_host(host: Any) -> None:
+    if not isinstance(host, str) or not host:
+        raise ConfigError("host", f"must be an address or host name, not {host!r}")
     try:
         ipaddress.ip_address(host)
         return
@@ -80,8 +158,30 @@ def check_host(host: str) -> None:
         raise ConfigError("host", f"cannot resolve {host!r}: {exc.strerror or exc}") from None
 
 
+def check_str(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(key, f"must be true or false, not {value!r}")
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ConfigError(key, f"must be one of {', '.join(choices)}, not {value!r}")
+    return value.lower()
+
+
 def check_int(key: str, value: Any, low: int, high: int) -> int:
     try:
+        if isinstance(value, bool):
+            raise ValueError
         number = int(value)
         if isinstance(value, float) and number != value:
             raise ValueError
@@ -94,10 +194,12 @@ def check_int(key: str, value: Any, low: int, high: int) -> int:
 
 def check_float(key: str, value: Any, low: float, high: float) -> float:
     try:
+        if isinstance(value, bool):
+            raise ValueError
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(key, f"must be a number of seconds, not {value!r}") from None
-    if not low <= number <= high:  # also refuses nan
+    if math.isnan(number) or not low <= number <= high:
         raise ConfigError(key, f"must be between {low:g} and {high:g}, not {value!r}")
     return number
 

@@ -39,12 +39,17 @@ class SessionOptions:
 
 
 class Sessions:
-    """The live sessions of one process, and the factory that creates them."""
+    """The live sessions of one process, and the factory that creates them.
+
+    Each session gets an id unique within the process; ``on_close`` (if set)
+    is called with the id when its connection is gone.
+    """
 
     def __init__(self, opts: SessionOptions) -> None:
         self.opts = opts
-        self.live: set[BaseServer] = set()
+        self.live: dict[BaseServer, int] = {}
         self.accepted = 0
+        self.on_close: Callable[[int], None] | None = None
 
     def __call__(self) -> BaseServer:
         opts = self.opts
@@ -59,9 +64,14 @@ class Sessions:
         if opts.extra:
             protocol._extra.update(opts.extra)
         self.accepted += 1
-        self.live.add(protocol)
-        protocol._waiter_closed.add_done_callback(lambda _f: self.live.discard(protocol))
+        self.live[protocol] = self.accepted
+        protocol._waiter_closed.add_done_callback(lambda _f: self._closed(protocol))
         return protocol
+
+    def _closed(self, protocol: BaseServer) -> None:
+        session_id = self.live.pop(protocol, None)
+        if session_id is not None and self.on_close is not None:
+            self.on_close(session_id)
 
     def say_goodbye(self, message: str = GOODBYE) -> None:
         for protocol in list(self.live):

@@ -1,0 +1,47 @@
+"""Listening sockets of the shards, and what the kernel tells about them."""
+
+from __future__ import annotations
+
+import resource
+import socket
+import struct
+
+from workers.serve import bind
+
+# struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss,
+# rcv_mss, unacked, sacked. On a listening socket unacked is the accept-queue
+# length and sacked the backlog.
+_TCPI_UNACKED = struct.Struct("=II")
+_TCPI_UNACKED_OFFSET = 8 + 4 * 4
+_TCP_INFO_SIZE = 104
+
+
+def bind_shard(host: str, port: int, backlog: int) -> socket.socket:
+    """One SO_REUSEPORT listener; ``port`` 0 picks a free one (then reuse its number)."""
+    return bind(host, port, reuse_port=True, backlog=backlog)
+
+
+def accept_queue(sock: socket.socket) -> int | None:
+    """Connections waiting in ``sock``'s accept queue (TCP_INFO), or None if unknown."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (OSError, AttributeError):
+        return None
+    if len(raw) < _TCPI_UNACKED_OFFSET + _TCPI_UNACKED.size:
+        return None
+    unacked, _backlog = _TCPI_UNACKED.unpack_from(raw, _TCPI_UNACKED_OFFSET)
+    return unacked
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -1,0 +1,655 @@
+"""The supervisor: binds every shard's socket, forks workers, keeps them alive.
+
+One loop (``run``) does everything, like gunicorn's arbiter: signal handlers
+only enqueue, and the loop reaps children, reads worker channels, answers the
+control socket, and acts on timers. It runs no event loop and no threads, so
+forking a worker from it is safe (ARCHITECTURE.md, decision 4).
+
+Each shard's SO_REUSEPORT socket is bound here and kept open for the
+supervisor's whole life; a replacement worker inherits the same socket, so
+connections waiting in its accept queue survive a worker's death.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from shardd import control, listeners, logs
+from shardd.config import ServeConfig
+from workers import ipc
+from workers.serve import SessionOptions, Sessions
+from workers.worker import WorkerSettings, run_worker
+
+log = logging.getLogger("shardd.supervisor")
+
+# A worker that dies within this long of its fork (or before saying hello)
+# failed to start: its shard backs off instead of respawning at once.
+START_GRACE = 2.0
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+# This many start failures of one shard within the window ends the supervisor.
+MAX_START_FAILURES = 5
+FAILURE_WINDOW = 60.0
+# How long a status request waits for fresh worker reports.
+STATUS_WAIT = 1.0
+# After a fast stop (QUIT), how long workers get before SIGKILL.
+QUIT_TIMEOUT = 2.0
+
+_SIGNALS = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
+    signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
+)
+
+
+@dataclass
+class WorkerHandle:
+    """The supervisor's view of one worker process."""
+
+    shard: int
+    pid: int
+    channel: socket.socket
+    started_at: float
+    state: str = "starting"  # starting, serving, draining, stopping
+    decoder: ipc.Decoder = field(default_factory=ipc.Decoder)
+    last_heartbeat: float = 0.0
+    last_report: float | None = None
+    accepted: int = 0
+    sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [peer, at, entry]
+    awaiting_reply: bool = False
+    process: psutil.Process | None = None
+    replaced: bool = False  # killed on purpose; its shard is respawned
+
+
+@dataclass
+class Shard:
+    index: int
+    sock: socket.socket
+    worker: WorkerHandle | None = None
+    restarts: int = 0
+    failures: deque[float] = field(default_factory=deque)
+    respawn_at: float | None = None
+    backoff: float = BACKOFF_FIRST
+    removing: bool = False
+
+
+class SupervisorError(RuntimeError):
+    """The supervisor cannot go on; the message says why."""
+
+
+class Supervisor:
+    def __init__(self, cfg: ServeConfig, opts: SessionOptions) -> None:
+        self.cfg = cfg
+        self.opts = opts
+        self.shards: list[Shard] = []
+        self.workers: dict[int, WorkerHandle] = {}  # pid -> handle, every live child
+        self.selector = selectors.DefaultSelector()
+        self.signals: deque[int] = deque()
+        self.started = time.monotonic()
+        self.port = cfg.port
+        self.exit_code = 0
+        self.stopping: str | None = None  # None, "graceful" or "fast"
+        self.stop_deadline = 0.0
+        self.rolling: deque[int] = deque()  # shards still to restart after a HUP
+        self.rolling_new: WorkerHandle | None = None
+        self.control: control.ControlServer | None = None
+        self.status_waiters: list[tuple[float, Callable[[], None]]] = []
+        self._wakeup_r = self._wakeup_w = -1
+
+    # ------------------------------------------------------------ start-up
+
+    def bind_shards(self) -> None:
+        """Bind every shard's socket (before privileges drop: port 23 needs root)."""
+        capacity = listeners.raise_fd_limit()
+        try:
+            for index in range(self.cfg.workers):
+                self._add_shard_socket(index)
+        except OSError:
+            for shard in self.shards:
+                shard.sock.close()
+            raise
+        log.info("file descriptor limit %d per worker, so about %d sessions each",
+                 capacity, max(0, capacity - 64))
+
+    def bind_control(self) -> None:
+        """Create the control socket, at a path derived from the port unless given."""
+        path = self.cfg.control or control.default_path(self.port)
+        self.control = control.ControlServer(path, self)
+
+    def _add_shard_socket(self, index: int) -> Shard:
+        sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
+        self.port = sock.getsockname()[1]
+        shard = Shard(index, sock)
+        self.shards.append(shard)
+        return shard
+
+    def run(self) -> int:
+        """The supervisor's life; returns the exit status."""
+        self._install_signals()
+        assert self.control is not None
+        self.selector.register(self.control.sock, selectors.EVENT_READ, self.control.accept)
+        host = self.cfg.host
+        log.info("serving telnet on %s:%d (supervisor %d, %d workers, control %s)",
+                 host, self.port, os.getpid(), len(self.shards), self.control.path)
+        for shard in self.shards:
+            self._spawn(shard)
+        try:
+            while True:
+                self._step()
+                if self.stopping and not self.workers:
+                    break
+        except SupervisorError as exc:
+            log.error("%s", exc)
+            self.exit_code = 1
+            self._kill_all()
+        finally:
+            self._close()
+        log.info("stopped (exit status %d)", self.exit_code)
+        return self.exit_code
+
+    def _step(self) -> None:
+        for key, mask in self.selector.select(self._next_timeout()):
+            key.data(key, mask)
+        self._handle_signals()
+        self._reap()
+        self._check_timers()
+
+    def _next_timeout(self) -> float:
+        return 0.0 if self.signals else 0.2
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        for fd in (self._wakeup_r, self._wakeup_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+        for signum in _SIGNALS:
+            signal.signal(signum, self._enqueue_signal)
+
+    def _enqueue_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)  # the loop acts on it
+
+    def _drain_wakeup(self, _key: Any, _mask: int) -> None:
+        try:
+            while os.read(self._wakeup_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ----------------------------------------------------------------- signals
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.begin_stop("graceful", signal.Signals(signum).name)
+            elif signum == signal.SIGQUIT:
+                self.begin_stop("fast", "SIGQUIT")
+            elif signum == signal.SIGHUP:
+                self.begin_reload()
+            elif signum == signal.SIGTTIN:
+                self.change_workers(1)
+            elif signum == signal.SIGTTOU:
+                self.change_workers(-1)
+            elif signum == signal.SIGUSR1:
+                logs.reopen()
+                log.info("log files reopened")
+                self._signal_workers(signal.SIGUSR1)
+            # SIGCHLD: _reap runs on every step
+
+    def begin_stop(self, mode: str, why: str) -> None:
+        if self.stopping == "fast" or self.stopping == mode:
+            return
+        self.stopping = mode
+        self.rolling.clear()
+        if mode == "graceful":
+            self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
+            log.info("%s: graceful stop, waiting up to %.1fs for %d workers",
+                     why, self.cfg.graceful_timeout, len(self.workers))
+            for handle in self.workers.values():
+                self._send(handle, ipc.STOP)
+                handle.state = "stopping"
+        else:
+            self.stop_deadline = time.monotonic() + QUIT_TIMEOUT
+            log.info("%s: fast stop", why)
+            self._signal_workers(signal.SIGQUIT)
+
+    def begin_reload(self) -> None:
+        if self.stopping:
+            return
+        if self.rolling or self.rolling_new:
+            log.info("SIGHUP: a rolling restart is already under way")
+            return
+        log.info("SIGHUP: rolling restart of %d shards", len(self.shards))
+        self.rolling.extend(shard.index for shard in self.shards if not shard.removing)
+
+    def change_workers(self, delta: int) -> int:
+        if self.stopping:
+            return len(self.shards)
+        for _ in range(delta):
+            shard = self._add_shard_socket(len(self.shards))
+            log.info("shard %d added", shard.index)
+            self._spawn(shard)
+        for _ in range(-delta):
+            active = [s for s in self.shards if not s.removing]
+            if len(active) <= 1:
+                log.warning("not removing the last shard")
+                break
+            self._remove_shard(active[-1])
+        return len([s for s in self.shards if not s.removing])
+
+    def _remove_shard(self, shard: Shard) -> None:
+        shard.removing = True
+        log.info("shard %d removed: its worker drains its sessions", shard.index)
+        if shard.worker is not None:
+            self._send(shard.worker, ipc.DRAIN)
+            shard.worker.state = "draining"
+        # The socket leaves the reuseport group once its worker closes it too.
+        shard.sock.close()
+        self.shards.remove(shard)
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self, shard: Shard) -> WorkerHandle:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            ours.close()
+            self._close_in_child(keep=shard)
+            settings = WorkerSettings(
+                shard=shard.index,
+                stats_interval=self.cfg.stats_interval,
+                graceful_timeout=self.cfg.graceful_timeout,
+                reopen_logs=logs.reopen,
+            )
+            run_worker(settings, shard.sock, theirs, Sessions(self.opts))
+        theirs.close()
+        ours.setblocking(False)
+        now = time.monotonic()
+        handle = WorkerHandle(shard.index, pid, ours, started_at=now, last_heartbeat=now)
+        try:
+            handle.process = psutil.Process(pid)
+            handle.process.cpu_percent(None)  # start the CPU clock
+        except psutil.Error:
+            handle.process = None
+        self.workers[pid] = handle
+        self.selector.register(ours, selectors.EVENT_READ, self._channel_readable(handle))
+        log.info("shard %d: worker %d started", shard.index, pid)
+        return handle
+
+    def _close_in_child(self, keep: Shard) -> None:
+        """In a fresh worker: drop every inherited descriptor but its own socket."""
+        self.selector.close()
+        for shard in self.shards:
+            if shard is not keep:
+                shard.sock.close()
+        for handle in self.workers.values():
+            handle.channel.close()
+        if self.control is not None:
+            self.control.close_in_child()
+        for fd in (self._wakeup_r, self._wakeup_w):
+            os.close(fd)
+
+    def _channel_readable(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
+        def on_readable(_key: Any, _mask: int) -> None:
+            try:
+                data = handle.channel.recv(1 << 18)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                data = b""
+                log.debug("shard %d: channel of worker %d: %s", handle.shard, handle.pid, exc)
+            if not data:
+                self._forget_channel(handle)
+                return
+            try:
+                for message in handle.decoder.feed(data):
+                    self._on_message(handle, message)
+            except ipc.FrameError as exc:
+                log.error("shard %d: worker %d sent a bad frame (%s); replacing it",
+                          handle.shard, handle.pid, exc)
+                self._replace(handle)
+        return on_readable
+
+    def _forget_channel(self, handle: WorkerHandle) -> None:
+        try:
+            self.selector.unregister(handle.channel)
+        except (KeyError, ValueError):
+            pass
+        handle.channel.close()
+
+    def _on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        now = time.monotonic()
+        if kind == ipc.HEARTBEAT:
+            handle.last_heartbeat = now
+        elif kind == ipc.REPORT:
+            handle.last_heartbeat = now
+            handle.last_report = now
+            handle.accepted = message["accepted"]
+            for entry in message["sessions"]:
+                record = handle.sessions.get(entry[0])
+                if record is not None:
+                    record[2] = entry
+            if message["reply"] and message["last"]:
+                handle.awaiting_reply = False
+        elif kind == ipc.OPEN:
+            handle.sessions[message["id"]] = [message["peer"], message["connected_at"], None]
+        elif kind == ipc.CLOSE:
+            handle.sessions.pop(message["id"], None)
+        elif kind == ipc.HELLO:
+            if message["pid"] != handle.pid or message["shard"] != handle.shard:
+                raise ipc.FrameError(f"hello from pid {message['pid']} shard "
+                                     f"{message['shard']}, expected {handle.pid}/{handle.shard}")
+            handle.last_heartbeat = now
+            self._serving(handle)
+        elif kind == ipc.STOPPING:
+            handle.last_heartbeat = now
+            if handle.state in ("starting", "serving"):
+                handle.state = "stopping"
+        else:
+            raise ipc.FrameError(f"{kind!r} is not a worker's message")
+
+    def _serving(self, handle: WorkerHandle) -> None:
+        if handle.state != "starting":
+            return
+        handle.state = "serving"
+        shard = self._shard(handle.shard)
+        if self.stopping:
+            self._send(handle, ipc.STOP)
+            handle.state = "stopping"
+            return
+        if shard is None:
+            return
+        old = shard.worker
+        shard.worker = handle
+        shard.backoff = BACKOFF_FIRST
+        if self.rolling_new is handle:
+            self.rolling_new = None
+            if old is not None and old is not handle and old.pid in self.workers:
+                # the new worker is accepting: now the old one may stop
+                log.info("shard %d: worker %d replaces %d, which drains its sessions",
+                         shard.index, handle.pid, old.pid)
+                self._send(old, ipc.DRAIN)
+                old.state = "draining"
+
+    def _replace(self, handle: WorkerHandle) -> None:
+        """Kill a misbehaving worker; its shard gets a new one when it is reaped."""
+        handle.replaced = True
+        self._forget_channel(handle)
+        try:
+            os.kill(handle.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _shard(self, index: int) -> Shard | None:
+        for shard in self.shards:
+            if shard.index == index:
+                return shard
+        return None
+
+    def _send(self, handle: WorkerHandle, kind: str, **fields: Any) -> None:
+        try:
+            handle.channel.send(ipc.pack(kind, **fields))
+        except (BlockingIOError, OSError) as exc:
+            # control messages are tiny; a full or closed channel means a dying worker
+            log.debug("shard %d: cannot send %s to worker %d: %s",
+                      handle.shard, kind, handle.pid, exc)
+
+    # ------------------------------------------------------------------ reaping
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.workers.pop(pid, None)
+            if handle is None:
+                continue
+            self._forget_channel(handle)
+            self._worker_died(handle, _describe_exit(status))
+
+    def _worker_died(self, handle: WorkerHandle, how: str) -> None:
+        shard = self._shard(handle.shard)
+        expected = self.stopping or handle.state in ("draining", "stopping")
+        level = logging.INFO if expected else logging.ERROR
+        log.log(level, "shard %d: worker %d %s", handle.shard, handle.pid, how)
+        if self.rolling_new is handle:
+            self.rolling_new = None
+            log.error("shard %d: replacement worker died during the rolling restart; "
+                      "the old worker keeps serving", handle.shard)
+            return
+        if expected or shard is None or shard.worker not in (handle, None):
+            return
+        shard.worker = None
+        now = time.monotonic()
+        failed_start = handle.state == "starting" or now - handle.started_at < START_GRACE
+        if failed_start and not handle.replaced:
+            shard.failures.append(now)
+            while shard.failures and now - shard.failures[0] > FAILURE_WINDOW:
+                shard.failures.popleft()
+            if len(shard.failures) >= MAX_START_FAILURES:
+                raise SupervisorError(
+                    f"shard {shard.index}: worker failed to start {len(shard.failures)} times "
+                    f"in {FAILURE_WINDOW:.0f}s (last: {how}); giving up"
+                )
+            shard.respawn_at = now + shard.backoff
+            log.warning("shard %d: respawning in %.1fs", shard.index, shard.backoff)
+            shard.backoff = min(shard.backoff * 2, BACKOFF_MAX)
+        else:
+            shard.respawn_at = now
+        shard.restarts += 1
+
+    # ------------------------------------------------------------------- timers
+
+    def _check_timers(self) -> None:
+        now = time.monotonic()
+        if self.stopping:
+            if now >= self.stop_deadline and self.workers:
+                log.warning("stop: %d workers still running after the timeout; killing them",
+                            len(self.workers))
+                self._kill_all()
+            return
+        for shard in self.shards:
+            if shard.respawn_at is not None and now >= shard.respawn_at and shard.worker is None:
+                shard.respawn_at = None
+                shard.worker = self._spawn(shard)
+        timeout = self.cfg.worker_timeout
+        for handle in list(self.workers.values()):
+            if handle.replaced:
+                continue
+            silent = now - handle.last_heartbeat
+            if silent > timeout:
+                log.error("shard %d: worker %d sent no heartbeat for %.1fs (timeout %.1fs); "
+                          "killing it", handle.shard, handle.pid, silent, timeout)
+                self._replace(handle)
+        self._roll(now)
+        self._answer_status_waiters(now)
+
+    def _roll(self, now: float) -> None:
+        if self.rolling_new is not None or not self.rolling:
+            return
+        index = self.rolling.popleft()
+        shard = self._shard(index)
+        if shard is None or shard.removing:
+            return
+        log.info("shard %d: rolling restart, starting a new worker", index)
+        self.rolling_new = self._spawn(shard)
+        if shard.worker is None:
+            shard.worker = self.rolling_new
+        else:
+            shard.restarts += 0  # a planned replacement is not a restart
+
+    def _kill_all(self) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while self.workers and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            handle = self.workers.pop(pid, None)
+            if handle is not None:
+                self._forget_channel(handle)
+                log.info("shard %d: worker %d %s", handle.shard, pid, _describe_exit(status))
+        self.workers.clear()
+
+    def _close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        for shard in self.shards:
+            shard.sock.close()
+        signal.set_wakeup_fd(-1)
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        self.selector.close()
+        for fd in (self._wakeup_r, self._wakeup_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ status
+
+    def request_status(self, answer: Callable[[], None]) -> None:
+        """Ask every worker for a fresh report; call ``answer`` once all replied."""
+        for handle in self.workers.values():
+            if handle.state in ("serving", "draining") and handle.channel.fileno() >= 0:
+                handle.awaiting_reply = True
+                self._send(handle, ipc.STATUS)
+        self.status_waiters.append((time.monotonic() + STATUS_WAIT, answer))
+        self._answer_status_waiters(time.monotonic())
+
+    def _answer_status_waiters(self, now: float) -> None:
+        if not self.status_waiters:
+            return
+        ready = not any(h.awaiting_reply for h in self.workers.values())
+        keep = []
+        for deadline, answer in self.status_waiters:
+            if ready or now >= deadline:
+                answer()
+            else:
+                keep.append((deadline, answer))
+        self.status_waiters = keep
+
+    def status(self) -> dict[str, Any]:
+        """The whole picture, in the field names ``shardd status --json`` shows."""
+        now = time.monotonic()
+        workers = []
+        connections = []
+        for handle in sorted(self.workers.values(), key=lambda h: (h.shard, h.started_at)):
+            shard = self._shard(handle.shard)
+            cpu = rss = None
+            if handle.process is not None:
+                try:
+                    with handle.process.oneshot():
+                        cpu = handle.process.cpu_percent(None)
+                        rss = handle.process.memory_info().rss
+                except psutil.Error:
+                    pass
+            workers.append({
+                "shard": handle.shard,
+                "pid": handle.pid,
+                "state": handle.state,
+                "restarts": shard.restarts if shard is not None else 0,
+                "connections": len(handle.sessions),
+                "accepted": handle.accepted,
+                "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
+                "cpu_percent": cpu,
+                "rss_bytes": rss,
+                "last_report_age": None if handle.last_report is None
+                else round(now - handle.last_report, 3),
+            })
+            for session_id, (peer, connected_at, entry) in handle.sessions.items():
+                connections.append(_connection(handle, session_id, peer, connected_at,
+                                               entry, now))
+        return {
+            "supervisor": {
+                "pid": os.getpid(),
+                "uptime": round(now - self.started, 3),
+                "listen": [f"{self.cfg.host}:{self.port}"],
+                "workers": len([s for s in self.shards if not s.removing]),
+                "control": self.control.path if self.control else None,
+                "stopping": self.stopping,
+            },
+            "workers": workers,
+            "connections": connections,
+        }
+
+
+def _connection(handle: WorkerHandle, session_id: int, peer: str, connected_at: float,
+                entry: list[Any] | None, now: float) -> dict[str, Any]:
+    if entry is None:  # announced, not yet reported
+        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, ""]
+    _id, rx, tx, last_received, state, term, cols, rows, encoding = entry
+    return {
+        "shard": handle.shard,
+        "worker_pid": handle.pid,
+        "id": session_id,
+        "peer": peer,
+        "duration": round(max(0.0, now - connected_at), 3),
+        "idle": round(max(0.0, now - last_received), 3),
+        "rx_bytes": rx,
+        "tx_bytes": tx,
+        "term": term,
+        "cols": cols,
+        "rows": rows,
+        "encoding": encoding,
+        "state": state,
+    }
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        return f"killed by signal {signum} ({name})"
+    code = os.WEXITSTATUS(status)
+    return "exited normally" if code == 0 else f"exited with status {code}"
+
+
+def write_pidfile(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def remove_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("cannot remove pidfile %s: %s", path, exc.strerror)

@@ -1,0 +1,120 @@
+"""The supervisor <-> worker channel: every message type, its framing and its checks.
+
+One socketpair per worker carries a stream of msgpack maps, each with a ``t``
+(type) key. Both sides import this module, so a message is defined once.
+The supervisor validates every frame it reads: a worker is never trusted to be
+well-formed, and a bad frame must not take the supervisor down.
+
+Sessions are reported as deltas: ``open`` when accepted, ``close`` when gone,
+and each ``report`` carries only the sessions whose counters or attributes
+changed since the previous one. Timestamps are CLOCK_MONOTONIC, which is one
+clock for every process on the machine, so the supervisor derives duration
+and idle time itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+# A frame larger than this is an error, not a big message.
+MAX_FRAME = 4 * 2**20
+# Sessions per report frame: bounds the time one frame takes to build and send.
+REPORT_BATCH = 500
+
+# Worker -> supervisor
+HELLO = "hello"  # pid, shard: the worker is serving its shard
+HEARTBEAT = "heartbeat"  # time: sent from inside the worker's event loop
+OPEN = "open"  # id, peer, connected_at
+CLOSE = "close"  # id
+REPORT = "report"  # time, accepted, sessions: [SESSION_FIELDS...], last: bool, reply: bool
+STOPPING = "stopping"  # sessions: how many are left as the worker winds down
+
+# Supervisor -> worker
+STOP = "stop"  # graceful: stop accepting, goodbye, close sessions, exit
+DRAIN = "drain"  # stop accepting; keep sessions until they end or the graceful timeout
+STATUS = "status"  # send a report now (reply=True on its last frame)
+
+# The order of a session's values inside a report.
+SESSION_FIELDS = (
+    "id", "rx_bytes", "tx_bytes", "last_received", "state", "term", "cols", "rows", "encoding",
+)
+
+_NUMBER = (int, float)
+_SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
+    HELLO: {"pid": (int,), "shard": (int,)},
+    HEARTBEAT: {"time": _NUMBER},
+    OPEN: {"id": (int,), "peer": (str,), "connected_at": _NUMBER},
+    CLOSE: {"id": (int,)},
+    REPORT: {"time": _NUMBER, "accepted": (int,), "sessions": (list,), "last": (bool,),
+             "reply": (bool,)},
+    STOPPING: {"sessions": (int,)},
+    STOP: {},
+    DRAIN: {},
+    STATUS: {},
+}
+_SESSION_TYPES: tuple[tuple[type, ...], ...] = (
+    (int,), (int,), (int,), _NUMBER, (str,), (str,), (int,), (int,), (str,),
+)
+
+
+class FrameError(ValueError):
+    """A frame that is not a valid message; says what is wrong with it."""
+
+
+def pack(kind: str, **fields: Any) -> bytes:
+    fields["t"] = kind
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def check(message: Any) -> dict[str, Any]:
+    """Return ``message`` if it is a valid message, else raise FrameError."""
+    if not isinstance(message, dict):
+        raise FrameError(f"frame is a {type(message).__name__}, not a map")
+    kind = message.get("t")
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise FrameError(f"unknown message type {kind!r}")
+    for name, types in schema.items():
+        value = message.get(name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise FrameError(f"{kind}: field {name!r} is {value!r}")
+    if kind == REPORT:
+        for entry in message["sessions"]:
+            _check_session(entry)
+    return message
+
+
+def _check_session(entry: Any) -> None:
+    if not isinstance(entry, list) or len(entry) != len(SESSION_FIELDS):
+        raise FrameError(f"report: session entry {entry!r:.80} has the wrong shape")
+    for name, value, types in zip(SESSION_FIELDS, entry, _SESSION_TYPES, strict=True):
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise FrameError(f"report: session field {name!r} is {value!r:.40}")
+
+
+class Decoder:
+    """Frames in, checked messages out; bounded by MAX_FRAME."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._unpacker = msgpack.Unpacker(
+            raw=False, max_buffer_size=max_frame, strict_map_key=True
+        )
+
+    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
+        """Yield every complete message in ``data``; FrameError on the first bad one."""
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull:
+            raise FrameError(f"frame larger than {MAX_FRAME} bytes") from None
+        while True:
+            try:
+                message = next(self._unpacker)
+            except StopIteration:
+                return
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError,
+                    msgpack.StackError) as exc:
+                raise FrameError(f"undecodable frame: {exc}") from None
+            yield check(message)
