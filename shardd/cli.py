@@ -34,7 +34,8 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "graceful_timeout": ("SECONDS", "how long a stop waits for sessions (default 10)"),
     "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced "
                                   "(default 30)"),
-    "stats_interval": ("SECONDS", "how often workers report session statistics (default 1)"),
+    "stats_interval": ("SECONDS", "how often workers report session statistics; 0: only "
+                                  "when status asks (default 1)"),
     "backlog": ("N", "listen backlog per shard (default 4096)"),
     "pidfile": ("PATH", "write the supervisor's pid here"),
     "user": ("USER", "switch to this user after binding"),

@@ -92,7 +92,10 @@ class ServeConfig:
         self.limit = check_int("limit", self.limit, 64, 2**30)
         self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
         self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
-        self.stats_interval = check_float("stats-interval", self.stats_interval, 0.05, 3600)
+        self.stats_interval = check_float("stats-interval", self.stats_interval, 0.0, 3600)
+        if 0 < self.stats_interval < 0.05:
+            raise ConfigError("stats-interval", f"must be 0 (off) or at least 0.05, "
+                                                f"not {self.stats_interval:g}")
         self.backlog = check_int("backlog", self.backlog, 1, 65535)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)

@@ -37,7 +37,7 @@ BAD_VALUES = [
     (["--shell", "workers.shells:MAX_LINE"], ["shell", "not callable"]),
     (["--workers", "2000"], ["workers", "2000"]),
     (["--worker-timeout", "0"], ["worker-timeout", "0"]),
-    (["--stats-interval", "0"], ["stats-interval", "0"]),
+    (["--stats-interval", "0.01"], ["stats-interval", "0.01"]),
     (["--log-format", "xml"], ["log-format", "xml"]),
     (["--protocol", "workers.shells:echo"], ["protocol", "BaseServer"]),
     (["--protocol", "nosuchmodule:Cls"], ["protocol", "nosuchmodule"]),

@@ -171,7 +171,8 @@ class Worker:
         self.ipc.send(ipc.HELLO, pid=os.getpid(), shard=self.shard)
         log.info("shard %d: worker %d serving", self.shard, os.getpid())
         self._heartbeat()
-        self._schedule_report()
+        if self.settings.stats_interval:
+            self._schedule_report()
         mode = await self._stop_mode
         await self._shut_down(mode)
 
@@ -258,7 +259,7 @@ class Worker:
                     break
         finally:
             self._sending = False
-        if self._stop_mode is not None and not self._stop_mode.done():
+        if self.settings.stats_interval and not (self._stop_mode and self._stop_mode.done()):
             self._schedule_report()
 
     async def _send_report(self, reply: bool) -> None:
