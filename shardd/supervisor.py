@@ -382,7 +382,6 @@ class Supervisor:
             return
         old = shard.worker
         shard.worker = handle
-        shard.backoff = BACKOFF_FIRST
         if self.rolling_new is handle:
             self.rolling_new = None
             if old is not None and old is not handle and old.pid in self.workers:
@@ -459,7 +458,9 @@ class Supervisor:
             log.warning("shard %d: respawning in %.1fs", shard.index, shard.backoff)
             shard.backoff = min(shard.backoff * 2, BACKOFF_MAX)
         else:
+            # it had outlived its start: whatever killed it, the next one starts at once
             shard.respawn_at = now
+            shard.backoff = BACKOFF_FIRST
         shard.restarts += 1
 
     # ------------------------------------------------------------------- timers
