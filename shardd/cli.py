@@ -147,6 +147,7 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
 def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     from shardd import privileges
     from shardd.supervisor import Supervisor, remove_pidfile, write_pidfile
+    from workers.options import preload_codecs
 
     supervisor = Supervisor(cfg, opts)
     try:
@@ -159,9 +160,11 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         supervisor.bind_control()
         if cfg.pidfile:
             write_pidfile(cfg.pidfile)
+        preload_codecs(cfg.encoding)
+        control_files = [supervisor.control.directory, supervisor.control.path] \
+            if supervisor.control else []
         privileges.drop(cfg.user, cfg.group,
-                        [p for p in (supervisor.control.path if supervisor.control else None,
-                                     cfg.pidfile, cfg.log_file) if p])
+                        [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p])
     except OSError as exc:
         print(f"shardd: cannot start: {exc.strerror or exc}"
               + (f": {exc.filename}" if getattr(exc, "filename", None) else ""),

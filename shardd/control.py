@@ -30,14 +30,14 @@ _UCRED = struct.Struct("3i")
 
 
 def default_path(port: int) -> str:
-    """Where the server on ``port`` listens for operators, derived from the port."""
+    """Where the server on ``port`` listens for operators: a directory per port."""
     if os.geteuid() == 0:
         base = "/run/shardd"
     elif os.environ.get("XDG_RUNTIME_DIR"):
         base = os.path.join(os.environ["XDG_RUNTIME_DIR"], "shardd")
     else:
         base = f"/tmp/shardd-{os.geteuid()}"
-    return os.path.join(base, f"{port}.sock")
+    return os.path.join(base, str(port), "control.sock")
 
 
 class ControlError(RuntimeError):
@@ -57,11 +57,19 @@ class _Client:
 class ControlServer:
     """The listening control socket, served from the supervisor's select loop."""
 
-    def __init__(self, path: str, supervisor: Supervisor) -> None:
+    def __init__(self, path: str, supervisor: Supervisor, *, own_directory: bool = False) -> None:
         self.path = path
+        self.own_directory = own_directory  # the per-port default: removed with the socket
         self.supervisor = supervisor
         directory = os.path.dirname(path) or "."
+        # the parent must stay traversable for a server that drops root; the
+        # directory itself and the socket are private
+        base = os.path.dirname(directory) or "."
+        os.makedirs(base, mode=0o755, exist_ok=True)
+        if os.stat(base).st_uid == os.geteuid():
+            os.chmod(base, 0o755)
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
         self._remove_stale()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -210,8 +218,13 @@ class ControlServer:
         self.sock.close()
         try:
             os.unlink(self.path)
-        except OSError:
+            if self.own_directory:
+                os.rmdir(self.directory)
+        except FileNotFoundError:
             pass
+        except OSError as exc:
+            if exc.filename == self.path:
+                log.warning("cannot remove the control socket %s: %s", self.path, exc.strerror)
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

@@ -125,7 +125,7 @@ class Supervisor:
     def bind_control(self) -> None:
         """Create the control socket, at a path derived from the port unless given."""
         path = self.cfg.control or control.default_path(self.port)
-        self.control = control.ControlServer(path, self)
+        self.control = control.ControlServer(path, self, own_directory=not self.cfg.control)
 
     def _add_shard_socket(self, index: int) -> Shard:
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)

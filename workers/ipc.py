@@ -102,6 +102,7 @@ class Decoder:
         self._unpacker = msgpack.Unpacker(
             raw=False, max_buffer_size=max_frame, strict_map_key=True
         )
+        self._last = b""
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
         """Yield every complete message in ``data``; FrameError on the first bad one."""
@@ -109,6 +110,7 @@ class Decoder:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
             raise FrameError(f"frame larger than {MAX_FRAME} bytes") from None
+        self._last = data[:32]
         while True:
             try:
                 message = next(self._unpacker)
@@ -116,5 +118,8 @@ class Decoder:
                 return
             except (ValueError, msgpack.ExtraData, msgpack.FormatError,
                     msgpack.StackError) as exc:
-                raise FrameError(f"undecodable frame: {exc}") from None
+                detail = f": {exc}" if str(exc) else ""
+                raise FrameError(
+                    f"undecodable frame ({type(exc).__name__}{detail}) in {self._last!r}"
+                ) from None
             yield check(message)

@@ -103,6 +103,15 @@ class BaseServer(asyncio.Protocol):
         """
         self._transport = transport  # type: ignore[assignment]
         self._when_connected = self._last_received = _monotonic()
+        try:
+            self._start_session(transport)
+        except Exception as exc:
+            # a half-made session would hang its client forever: drop it
+            self.log.error("%s: cannot start session: %s: %s", self._peer(),
+                           type(exc).__name__, exc, exc_info=exc)
+            transport.abort()  # type: ignore[attr-defined]
+
+    def _start_session(self, transport: asyncio.BaseTransport) -> None:
         binary = self.default_encoding is False
         self.reader = TelnetReader(
             limit=self._limit,

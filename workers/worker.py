@@ -10,7 +10,6 @@ stalled loop is visible to the supervisor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import os
@@ -27,6 +26,11 @@ import uvloop
 from workers import ipc
 from workers.serve import Sessions
 from workers.server_base import BaseServer
+
+try:  # optional; imported here, before the fork and any privilege drop
+    import setproctitle
+except ImportError:
+    setproctitle = None
 
 log = logging.getLogger("workers.worker")
 
@@ -82,9 +86,7 @@ def _reset_inherited_state(shard: int) -> None:
     _set_parent_death_signal()
     if os.getppid() != parent:  # the supervisor died before prctl took effect
         os._exit(1)
-    with contextlib.suppress(ImportError):
-        import setproctitle
-
+    if setproctitle is not None:
         setproctitle.setproctitle(f"shardd: worker shard {shard}")
 
 
