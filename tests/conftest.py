@@ -6,12 +6,14 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +45,28 @@ async def async_wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A blocking client socket to the server (10 s timeout)."""
+    return socket.create_connection((host, port), timeout=10)
+
+
+def read_until(sock: socket.socket, marker: bytes, got: bytearray,
+               timeout: float = 10.0) -> bytearray:
+    """Receive into ``got`` until ``marker`` is in it; fail on timeout or EOF."""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {marker!r}; got {bytes(got)!r}"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            continue
+        assert chunk, f"EOF waiting for {marker!r}; got {bytes(got)!r}"
+        got += chunk
+    return got
 
 
 class ServerProcess:
@@ -135,3 +159,13 @@ def run_shardd(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Any]:
+    """In-process listeners on loopback for BaseServer/TelnetServer tests."""
+    from server_peers import Harness
+
+    h = Harness()
+    yield h
+    await h.aclose()

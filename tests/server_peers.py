@@ -363,6 +363,10 @@ class EngineClient:
         await asyncio.wait({self._task}, timeout=TIMEOUT)
 
 
+def cmd(*codes: int) -> bytes:
+    return bytes((IAC, *codes))
+
+
 def sb(opt: int, payload: bytes) -> bytes:
     """IAC SB opt payload IAC SE (payload IACs doubled)."""
     return bytes((IAC, SB, opt)) + escape(payload) + bytes((IAC, SE))

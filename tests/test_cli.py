@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from conftest import run_shardd
+from conftest import connect, read_until, run_shardd
 
 IAC, DO, WONT, GA = 255, 253, 252, 249
 TTYPE = 24
@@ -88,27 +88,6 @@ def test_port_in_use_is_one_line_and_nonzero() -> None:
 # --------------------------------------------------------- running servers
 
 
-def _connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10)
-
-
-def _read_until(sock: socket.socket, marker: bytes, got: bytearray,
-                timeout: float = 10.0) -> bytearray:
-    """Receive into ``got`` until ``marker`` is in it; fail on timeout or EOF."""
-    deadline = time.monotonic() + timeout
-    while marker not in got:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out waiting for {marker!r}; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        assert chunk, f"EOF waiting for {marker!r}; got {bytes(got)!r}"
-        got += chunk
-    return got
-
-
 def _read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> bytearray:
     deadline = time.monotonic() + timeout
     while True:
@@ -128,20 +107,20 @@ def _read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> 
 
 def _start_session(port: int) -> tuple[socket.socket, bytearray]:
     """Connect, refuse TTYPE (settling negotiation at once) and read to the prompt."""
-    sock = _connect(port)
-    got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+    sock = connect(port)
+    got = read_until(sock, IAC_DO_TTYPE, bytearray())
     sock.sendall(bytes((IAC, WONT, TTYPE)))
-    _read_until(sock, b"> ", got)
+    read_until(sock, b"> ", got)
     return sock, got
 
 
 def test_encoding_false_starts_with_bytes_echo_shell(serve) -> None:
     server = serve("--encoding", "false", "--shell", "echo")
-    with _connect(server.port) as sock:
-        got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+    with connect(server.port) as sock:
+        got = read_until(sock, IAC_DO_TTYPE, bytearray())
         sock.sendall(bytes((IAC, WONT, TTYPE)))
         sock.sendall(b"bytes \x80\xfe\xff\xff!")  # not text in any session encoding
-        _read_until(sock, b"!", got)
+        read_until(sock, b"!", got)
     assert bytes(got) == IAC_DO_TTYPE + b"bytes \x80\xfe\xff\xff!"
     assert server.proc.poll() is None
 
@@ -157,7 +136,7 @@ def test_encoding_false_welcome_shell(serve) -> None:
         assert b"Welcome to shardd." in got
         assert b"encoding binary" in got
         sock.sendall(b"hello\r\n")
-        _read_until(sock, b"You said: hello\r\n", got)
+        read_until(sock, b"You said: hello\r\n", got)
     assert "shell failed" not in server.log_text()
 
 
@@ -165,9 +144,9 @@ def test_encoding_false_welcome_shell(serve) -> None:
 def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
     server = serve()
     sock, got = _start_session(server.port)
-    idle = _connect(server.port)  # a second client, still negotiating
+    idle = connect(server.port)  # a second client, still negotiating
     with sock, idle:
-        _read_until(idle, IAC_DO_TTYPE, bytearray())
+        read_until(idle, IAC_DO_TTYPE, bytearray())
         assert server.stop(sig) == 0
         _read_to_eof(sock, got)
         idle_got = _read_to_eof(idle, bytearray())
@@ -179,10 +158,10 @@ def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
 
 def test_sigterm_goodbye_in_bytes_session(serve) -> None:
     server = serve("--encoding", "false", "--shell", "echo")
-    with _connect(server.port) as sock:
-        got = _read_until(sock, IAC_DO_TTYPE, bytearray())
+    with connect(server.port) as sock:
+        got = read_until(sock, IAC_DO_TTYPE, bytearray())
         sock.sendall(bytes((IAC, WONT, TTYPE)) + b"ping")
-        _read_until(sock, b"ping", got)
+        read_until(sock, b"ping", got)
         assert server.stop(signal.SIGTERM) == 0
         _read_to_eof(sock, got)
     assert b"shutting down" in got, got
@@ -191,8 +170,8 @@ def test_sigterm_goodbye_in_bytes_session(serve) -> None:
 def test_stop_is_bounded_by_graceful_timeout_when_a_client_never_reads(serve) -> None:
     """A client that floods the echo shell and never reads cannot hold the stop up."""
     server = serve("--encoding", "false", "--shell", "echo", "--graceful-timeout", "1")
-    with _connect(server.port) as sock:
-        _read_until(sock, IAC_DO_TTYPE, bytearray())
+    with connect(server.port) as sock:
+        read_until(sock, IAC_DO_TTYPE, bytearray())
         sock.sendall(bytes((IAC, WONT, TTYPE)))
         sock.setblocking(False)
         # send until the socket stays unwritable: every buffer on the way is full

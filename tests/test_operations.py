@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 import psutil
 import pytest
-from conftest import ROOT, ServerProcess, run_shardd, wait_until
+from conftest import ROOT, ServerProcess, connect, read_until, run_shardd, wait_until
 
 from shardd.control import default_path
 
@@ -204,26 +204,6 @@ def peer_of(sock: socket.socket) -> str:
 def shows(text: str, peer: str) -> bool:
     """Whether ``text`` names ``peer`` (not merely a longer address starting with it)."""
     return re.search(rf"(?<![\d.]){re.escape(peer)}(?!\d)", text) is not None
-
-
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10)
-
-
-def read_until(sock: socket.socket, marker: bytes, got: bytearray,
-               timeout: float = 10.0) -> bytearray:
-    deadline = time.monotonic() + timeout
-    while marker not in got:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"timed out waiting for {marker!r}; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        assert chunk, f"EOF waiting for {marker!r}; got {bytes(got)!r}"
-        got += chunk
-    return got
 
 
 def start_session(port: int, marker: bytes = b"> ") -> tuple[socket.socket, bytearray]:

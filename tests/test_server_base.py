@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import async_wait_until
-from server_peers import TIMEOUT, EngineClient, Harness, sb
+from server_peers import TIMEOUT, EngineClient, cmd, sb
 
 from workers import options, server_base
 from workers.server import TelnetServer
@@ -33,7 +33,6 @@ from workers.telopt import (
     ECHO,
     ENV_USERVAR,
     ENV_VAR,
-    IAC,
     LINEMODE,
     NAWS,
     NEW_ENVIRON,
@@ -50,17 +49,6 @@ from workers.telopt import (
 # Rounding slack for "not before connect_maxwait": the loop's timers may fire a
 # clock tick early, and _when_connected is taken just before the timer is armed.
 EARLY = 0.02
-
-
-def cmd(*codes: int) -> bytes:
-    return bytes((IAC, *codes))
-
-
-@pytest.fixture
-async def harness():
-    h = Harness()
-    yield h
-    await h.aclose()
 
 
 class Recording(BaseServer):

@@ -13,21 +13,10 @@ import struct
 
 import pytest
 from conftest import async_wait_until
-from server_peers import TIMEOUT, Harness
+from server_peers import TIMEOUT, cmd
 
 from workers.stream_reader import DEFAULT_LIMIT, LineTooLong, TelnetReader
-from workers.telopt import DO, DONT, ECHO, GA, IAC, NOP, SGA, WILL, WONT
-
-
-def cmd(*codes: int) -> bytes:
-    return bytes((IAC, *codes))
-
-
-@pytest.fixture
-async def harness():
-    h = Harness()
-    yield h
-    await h.aclose()
+from workers.telopt import DO, DONT, ECHO, GA, NOP, SGA, WILL, WONT
 
 
 def text_reader(**kwargs) -> TelnetReader:
