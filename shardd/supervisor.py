@@ -353,7 +353,8 @@ class Supervisor:
             if message["reply"] and message["last"]:
                 handle.awaiting_reply = False
         elif kind == ipc.OPEN:
-            handle.sessions[message["id"]] = [message["peer"], message["connected_at"], None]
+            for session_id, peer, connected_at in message["sessions"]:
+                handle.sessions[session_id] = [peer, connected_at, None]
         elif kind == ipc.CLOSE:
             handle.sessions.pop(message["id"], None)
         elif kind == ipc.HELLO:

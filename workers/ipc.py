@@ -21,13 +21,14 @@ import msgpack
 
 # A frame larger than this is an error, not a big message.
 MAX_FRAME = 4 * 2**20
-# Sessions per report frame: bounds the time one frame takes to build and send.
-REPORT_BATCH = 500
+# Sessions looked at per loop iteration when reporting: bounds how long one
+# report step holds the worker's loop (about 1-2 ms on this machine class).
+REPORT_BATCH = 200
 
 # Worker -> supervisor
 HELLO = "hello"  # pid, shard: the worker is serving its shard
 HEARTBEAT = "heartbeat"  # time: sent from inside the worker's event loop
-OPEN = "open"  # id, peer, connected_at
+OPEN = "open"  # sessions: [[id, peer, connected_at], ...] first seen since the last report
 CLOSE = "close"  # id
 REPORT = "report"  # time, accepted, sessions: [SESSION_FIELDS...], last: bool, reply: bool
 STOPPING = "stopping"  # sessions: how many are left as the worker winds down
@@ -46,7 +47,7 @@ _NUMBER = (int, float)
 _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     HELLO: {"pid": (int,), "shard": (int,)},
     HEARTBEAT: {"time": _NUMBER},
-    OPEN: {"id": (int,), "peer": (str,), "connected_at": _NUMBER},
+    OPEN: {"sessions": (list,)},
     CLOSE: {"id": (int,)},
     REPORT: {"time": _NUMBER, "accepted": (int,), "sessions": (list,), "last": (bool,),
              "reply": (bool,)},
@@ -84,7 +85,17 @@ def check(message: Any) -> dict[str, Any]:
     if kind == REPORT:
         for entry in message["sessions"]:
             _check_session(entry)
+    elif kind == OPEN:
+        for entry in message["sessions"]:
+            _check_opened(entry)
     return message
+
+
+def _check_opened(entry: Any) -> None:
+    if (not isinstance(entry, list) or len(entry) != 3 or type(entry[0]) is not int
+            or not isinstance(entry[1], str) or not isinstance(entry[2], _NUMBER)
+            or isinstance(entry[2], bool)):
+        raise FrameError(f"open: session entry {entry!r:.80} is not [id, peer, connected_at]")
 
 
 def _check_session(entry: Any) -> None:

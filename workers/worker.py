@@ -265,36 +265,38 @@ class Worker:
             self._schedule_report()
 
     async def _send_report(self, reply: bool) -> None:
-        """Send what changed since the last report, in bounded batches.
+        """Send what changed since the last report, REPORT_BATCH sessions a step.
 
-        Between batches the loop runs sessions, so 10 000 sessions never hold
-        it for more than one batch's worth of work.
+        Between steps the loop runs sessions, so 10 000 sessions never hold it
+        for more than one step's work.
         """
         ipc_channel = self.ipc
         if ipc_channel is None:
             return
         reported = self._reported
-        batch: list[list[Any]] = []
         live = list(self.sessions.live.items())
-        for start in range(0, len(live), ipc.REPORT_BATCH):
-            for protocol, session_id in live[start : start + ipc.REPORT_BATCH]:
+        step = ipc.REPORT_BATCH
+        for start in range(0, max(len(live), 1), step):
+            if start:
+                await asyncio.sleep(0)
+            opened: list[list[Any]] = []
+            changed: list[list[Any]] = []
+            for protocol, session_id in live[start : start + step]:
                 entry = _entry(protocol, session_id)
                 if entry is None:
                     continue
                 previous = reported.get(session_id)
                 if previous is None:
-                    ipc_channel.send(ipc.OPEN, id=session_id, peer=protocol._peer(),
-                                     connected_at=protocol._when_connected or 0.0)
+                    opened.append([session_id, protocol._peer(), protocol._when_connected])
                 elif previous == entry:
                     continue
                 reported[session_id] = entry
-                batch.append(entry)
-            if batch and start + ipc.REPORT_BATCH < len(live):
-                self._send_batch(batch, last=False, reply=False)
-                batch = []
-            if start + ipc.REPORT_BATCH < len(live):
-                await asyncio.sleep(0)
-        self._send_batch(batch, last=True, reply=reply)
+                changed.append(entry)
+            if opened:
+                ipc_channel.send(ipc.OPEN, sessions=opened)
+            last = start + step >= len(live)
+            if changed or last:
+                self._send_batch(changed, last=last, reply=reply and last)
 
     def _send_batch(self, batch: list[list[Any]], *, last: bool, reply: bool) -> None:
         if self.ipc is None or (self.ipc.paused and not reply):
@@ -306,7 +308,8 @@ class Worker:
 def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
     if protocol._when_connected is None or protocol._closed:
         return None
-    info = protocol.get_extra_info
+    # the protocol's own values, read directly: this runs for every session
+    extra = protocol._extra
     writer = protocol.writer
     return [
         session_id,
@@ -314,9 +317,9 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
         protocol.tx_bytes,
         protocol._last_received or 0.0,
         "shell" if protocol._waiter_connected.done() else "negotiating",
-        str(info("TERM", "") or ""),
-        _as_int(info("cols", 0)),
-        _as_int(info("rows", 0)),
+        str(extra.get("TERM") or ""),
+        _as_int(extra.get("cols", 0)),
+        _as_int(extra.get("rows", 0)),
         (writer.encoding or "binary") if writer is not None else "",
     ]
 
