@@ -24,6 +24,9 @@ from workers.telopt import (
     XDISPLOC,
 )
 
+_ACCEPT_LOCAL = frozenset({TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TSPEED, XDISPLOC})
+_ACCEPT_REMOTE = frozenset({BINARY, SGA, ECHO})
+
 
 @dataclass
 class Terminal:
@@ -44,9 +47,7 @@ class TelnetClientSession:
     def __init__(self, terminal: Terminal | None = None) -> None:
         self.terminal = terminal or Terminal()
         self.engine = TelnetEngine(
-            "client",
-            accept_local={TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TSPEED, XDISPLOC},
-            accept_remote={BINARY, SGA, ECHO},
+            "client", accept_local=_ACCEPT_LOCAL, accept_remote=_ACCEPT_REMOTE
         )
 
     def receive(self, data: bytes) -> bytes:

@@ -105,15 +105,28 @@ def escape(data: bytes) -> bytes:
     return data.replace(IAC_BYTE, IAC_IAC)
 
 
-class _Side:
-    """RFC 1143 state for one side of every option: ours (WILL) or the peer's (DO)."""
+# Added to a WANTNO or WANTYES state: the opposite request is queued (RFC 1143).
+_QUEUED = 4
 
-    __slots__ = ("accept", "queue", "state")
+
+class _Side:
+    """RFC 1143 state for one side of every option: ours (WILL) or the peer's (DO).
+
+    ``state`` maps an option to NO/YES/WANTNO/WANTYES, plus _QUEUED. ``accept``
+    is shared between sessions until one changes it: a server holds thousands
+    of engines, and a set per side per session cost more than everything else.
+    """
+
+    __slots__ = ("accept", "state")
 
     def __init__(self, accept: Iterable[int]) -> None:
         self.state: dict[int, int] = {}
-        self.queue: set[int] = set()  # options whose opposite request is queued
-        self.accept = set(accept)
+        self.accept: frozenset[int] = accept if isinstance(accept, frozenset) \
+            else frozenset(accept)
+
+    def allow(self, opt: int, allowed: bool = True) -> None:
+        if (opt in self.accept) != allowed:
+            self.accept = self.accept | {opt} if allowed else self.accept - {opt}
 
 
 class TelnetEngine:
@@ -277,11 +290,10 @@ class TelnetEngine:
     # ---------------------------------------------------- RFC 1143 negotiation
 
     def _negotiate(self, verb: int, opt: int) -> None:
-        if opt == TM and verb in (WILL, WONT) and self._remote.state.get(TM, NO) == WANTYES:
+        if opt == TM and verb in (WILL, WONT) and self._remote.state.get(TM, NO) & 3 == WANTYES:
             # the answer to our DO TIMING-MARK: the mark itself, after which TM
             # is back to NO so another mark can be asked for
             self._remote.state.pop(TM, None)
-            self._remote.queue.discard(TM)
             event = OptionEnabled(TM, False) if verb == WILL else OptionDisabled(TM, False, True)
             self.events.append(event)
             return
@@ -297,13 +309,14 @@ class TelnetEngine:
         self, side: _Side, opt: int, positive: bool, yes: int, no: int, *, local: bool
     ) -> None:
         """Apply a received WILL/WONT (peer side) or DO/DONT (our side)."""
-        state = side.state.get(opt, NO)
-        queued = opt in side.queue
+        raw = side.state.get(opt, NO)
+        state, queued = raw & 3, raw & _QUEUED
+        states = side.state
         events = self.events
         if positive:
             if state == NO:
                 if opt in side.accept:
-                    side.state[opt] = YES
+                    states[opt] = YES
                     self._send_negotiation(yes, opt)
                     events.append(OptionEnabled(opt, local))
                 else:
@@ -311,55 +324,51 @@ class TelnetEngine:
             elif state == WANTNO:
                 # The peer answered our refusal with consent: RFC 1143 calls it an
                 # error, and the option ends up as if the peer had said no.
-                side.queue.discard(opt)
                 if queued:
-                    side.state[opt] = YES  # it never stopped being on
+                    states[opt] = YES  # it never stopped being on
                 else:
-                    side.state[opt] = NO
+                    states[opt] = NO
                     events.append(OptionDisabled(opt, local))
             elif state == WANTYES:
                 if queued:
-                    side.queue.discard(opt)
-                    side.state[opt] = WANTNO
+                    states[opt] = WANTNO
                     self._send_negotiation(no, opt)
                 else:
-                    side.state[opt] = YES
+                    states[opt] = YES
                     events.append(OptionEnabled(opt, local))
             # YES: already on, nothing to answer (this is what stops loops).
         else:
             if state == YES:
-                side.state[opt] = NO
+                states[opt] = NO
                 self._send_negotiation(no, opt)
                 events.append(OptionDisabled(opt, local))
             elif state == WANTNO:
                 if queued:
-                    side.queue.discard(opt)
-                    side.state[opt] = WANTYES
+                    states[opt] = WANTYES
                     self._send_negotiation(yes, opt)
                 else:
-                    side.state[opt] = NO
+                    states[opt] = NO
                     events.append(OptionDisabled(opt, local))
             elif state == WANTYES:
-                side.queue.discard(opt)
-                side.state[opt] = NO
+                states[opt] = NO
                 events.append(OptionDisabled(opt, local, refused=True))
             # NO: already off, nothing to answer.
 
     def _request(self, side: _Side, opt: int, enable: bool, yes: int, no: int) -> bool:
         """Ask to turn an option on or off; return whether anything changed."""
-        state = side.state.get(opt, NO)
-        queued = opt in side.queue
+        raw = side.state.get(opt, NO)
+        state, queued = raw & 3, raw & _QUEUED
         if enable:
             if state == NO:
-                side.accept.add(opt)
+                side.allow(opt)
                 side.state[opt] = WANTYES
                 self._send_negotiation(yes, opt)
                 return True
             if state == WANTNO and not queued:
-                side.queue.add(opt)
+                side.state[opt] = WANTNO | _QUEUED
                 return True
             if state == WANTYES and queued:
-                side.queue.discard(opt)
+                side.state[opt] = WANTYES
                 return True
             return False  # on, or already on its way
         if state == YES:
@@ -367,10 +376,10 @@ class TelnetEngine:
             self._send_negotiation(no, opt)
             return True
         if state == WANTYES and not queued:
-            side.queue.add(opt)
+            side.state[opt] = WANTYES | _QUEUED
             return True
         if state == WANTNO and queued:
-            side.queue.discard(opt)
+            side.state[opt] = WANTNO
             return True
         return False
 
@@ -389,24 +398,26 @@ class TelnetEngine:
         return self._remote.state.get(opt, NO) == YES
 
     def local_state(self, opt: int) -> int:
-        return self._local.state.get(opt, NO)
+        """NO, YES, WANTNO or WANTYES for an option we perform."""
+        return self._local.state.get(opt, NO) & 3
 
     def remote_state(self, opt: int) -> int:
-        return self._remote.state.get(opt, NO)
+        """NO, YES, WANTNO or WANTYES for an option the peer performs."""
+        return self._remote.state.get(opt, NO) & 3
 
     def pending(self) -> list[tuple[bool, int]]:
         """Options with a request of ours still unanswered, as (local, option)."""
-        found = [(True, o) for o, s in self._local.state.items() if s >= WANTNO]
-        found += [(False, o) for o, s in self._remote.state.items() if s >= WANTNO]
+        found = [(True, o) for o, s in self._local.state.items() if s & 3 >= WANTNO]
+        found += [(False, o) for o, s in self._remote.state.items() if s & 3 >= WANTNO]
         return found
 
     def accept_local(self, opt: int, accept: bool = True) -> None:
         """Change whether a peer's DO for ``opt`` is agreed to."""
-        (self._local.accept.add if accept else self._local.accept.discard)(opt)
+        self._local.allow(opt, accept)
 
     def accept_remote(self, opt: int, accept: bool = True) -> None:
         """Change whether a peer's WILL for ``opt`` is agreed to."""
-        (self._remote.accept.add if accept else self._remote.accept.discard)(opt)
+        self._remote.allow(opt, accept)
 
     # ----------------------------------------------------------------- output
 

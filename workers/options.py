@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import struct
+import sys
 
 from workers.telopt import (
     CHARSET_ACCEPTED,
@@ -103,7 +104,9 @@ def parse_environ(payload: bytes) -> tuple[int, list[tuple[int, str, str | None]
 
     def finish() -> None:
         if kind is not None:
-            items.append((kind, text(bytes(name)), None if value is None else text(bytes(value))))
+            # names repeat in every session of a server: one copy of each
+            items.append((kind, sys.intern(text(bytes(name))),
+                          None if value is None else text(bytes(value))))
 
     while i < end:
         byte = payload[i]

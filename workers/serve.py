@@ -62,14 +62,17 @@ class Sessions:
             limit=opts.limit,
         )
         if opts.extra:
-            protocol._extra.update(opts.extra)
+            protocol._process_extra = opts.extra
         self.accepted += 1
         self.live[protocol] = self.accepted
-        protocol._waiter_closed.add_done_callback(lambda _f: self._closed(protocol))
+        protocol._waiter_closed.add_done_callback(self._closed)
         return protocol
 
-    def _closed(self, protocol: BaseServer) -> None:
-        session_id = self.live.pop(protocol, None)
+    def _closed(self, waiter: asyncio.Future[BaseServer]) -> None:
+        # _waiter_closed's result is the protocol itself (or it was cancelled)
+        if waiter.cancelled():
+            return
+        session_id = self.live.pop(waiter.result(), None)
         if session_id is not None and self.on_close is not None:
             self.on_close(session_id)
 

@@ -51,10 +51,17 @@ ENVIRON_REQUEST: list[tuple[int, str]] = [
 CHARSET_OFFER = ["UTF-8", "US-ASCII", "ISO-8859-1", "CP437"]
 
 
+# Subnegotiation replies still owed to us, as bits of TelnetServer._awaiting.
+_AWAITING = {"ttype": 1, "environ": 2, "charset": 4, "naws": 8, "tspeed": 16, "xdisploc": 32}
+
+
 class TelnetServer(BaseServer):
     """Telnet server protocol negotiating what real clients support."""
 
     TTYPE_LOOPMAX = 8
+
+    __slots__ = ("_awaiting", "_charset", "_environ", "_environ_replies_due", "_naws_seen",
+                 "_ttypes")
 
     accept_local = frozenset({SGA, ECHO, BINARY, EOR, STATUS, TM})
     accept_remote = frozenset(
@@ -64,9 +71,10 @@ class TelnetServer(BaseServer):
     def __init__(self, *args: Any, term: str = "unknown", cols: int = 80, rows: int = 25,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._extra.update({"term": term, "TERM": term.upper(), "cols": cols, "rows": rows})
+        # 'term' is TERM in lower case, derived when asked for
+        self._extra.update({"TERM": term.upper(), "cols": cols, "rows": rows})
         self._ttypes: list[str] = []
-        self._awaiting: set[str] = set()  # subnegotiation replies still owed to us
+        self._awaiting = 0  # bits of _AWAITING
         self._environ_replies_due = 0
         self._charset: str | None = None
         # What the client sent by NEW-ENVIRON, kept apart so that it can never
@@ -125,6 +133,12 @@ class TelnetServer(BaseServer):
         """The protocol's own values, then the transport's, then NEW-ENVIRON variables."""
         if name == "charset" and "charset" not in self._extra:
             return self.encoding(incoming=True)
+        if name == "term":
+            return str(self._extra.get("TERM", "unknown")).lower()
+        if name.startswith("ttype") and name[5:].isdigit():
+            # served from the list: in _extra they would double its size
+            n = int(name[5:])
+            return self._ttypes[n - 1] if 0 < n <= len(self._ttypes) else default
         missing = object()
         value = super().get_extra_info(name, missing)
         if value is missing:
@@ -154,22 +168,28 @@ class TelnetServer(BaseServer):
             for payload in options.build_environ_send(ENVIRON_REQUEST):
                 self._engine.send_subnegotiation(NEW_ENVIRON, payload)
                 self._environ_replies_due += 1
-            self._awaiting.add("environ")
+            self._await("environ")
         elif option == CHARSET:
             self._engine.send_subnegotiation(
                 CHARSET, options.build_charset_request(CHARSET_OFFER)
             )
-            self._awaiting.add("charset")
+            self._await("charset")
         elif option == NAWS:
-            self._awaiting.add("naws")
+            self._await("naws")
         elif option == TSPEED:
             self._request_value(TSPEED, "tspeed")
         elif option == XDISPLOC:
             self._request_value(XDISPLOC, "xdisploc")
 
+    def _await(self, key: str) -> None:
+        self._awaiting |= _AWAITING[key]
+
+    def _received_reply(self, key: str) -> None:
+        self._awaiting &= ~_AWAITING[key]
+
     def _request_value(self, option: int, key: str) -> None:
         self._engine.send_subnegotiation(option, options.send_request())
-        self._awaiting.add(key)
+        self._await(key)
 
     def on_option_disabled(self, option: int, local: bool, refused: bool) -> None:
         if option == BINARY:
@@ -178,7 +198,7 @@ class TelnetServer(BaseServer):
             for key, opt in (("ttype", TTYPE), ("tspeed", TSPEED), ("xdisploc", XDISPLOC),
                              ("naws", NAWS), ("charset", CHARSET), ("environ", NEW_ENVIRON)):
                 if opt == option:
-                    self._awaiting.discard(key)
+                    self._received_reply(key)
 
     def on_command(self, cmd: int) -> None:
         if cmd == AYT:
@@ -199,20 +219,20 @@ class TelnetServer(BaseServer):
 
     def _on_ttype(self, payload: bytes) -> None:
         value = options.parse_is(payload)
+        if self._ttypes and value == self._ttypes[-1]:
+            value = self._ttypes[-1]  # the usual end of a cycle: keep one copy
         self._ttypes.append(value)
         n = len(self._ttypes)
-        self._extra[f"ttype{n}"] = value
         if n == 1 and "TERM" not in self._environ:
             self._set_term(value)
         repeated = n > 1 and value in (self._ttypes[0], self._ttypes[-2])
         if repeated or n >= self.TTYPE_LOOPMAX:
-            self._awaiting.discard("ttype")
+            self._received_reply("ttype")
         else:
             self._engine.send_subnegotiation(TTYPE, options.send_request())
 
     def _set_term(self, value: str) -> None:
         self._extra["TERM"] = value
-        self._extra["term"] = value.lower()
 
     def _on_naws(self, payload: bytes) -> None:
         cols, rows = options.parse_naws(payload)
@@ -222,7 +242,7 @@ class TelnetServer(BaseServer):
         if rows:
             self._extra["rows"] = rows
         self._naws_seen = True
-        self._awaiting.discard("naws")
+        self._received_reply("naws")
 
     def _on_environ(self, payload: bytes) -> None:
         verb, items = options.parse_environ(payload)
@@ -239,7 +259,7 @@ class TelnetServer(BaseServer):
         if verb == IS and self._environ_replies_due:
             self._environ_replies_due -= 1
             if not self._environ_replies_due:
-                self._awaiting.discard("environ")
+                self._received_reply("environ")
         if "LANG" in self._environ:
             self._update_codecs()
 
@@ -251,17 +271,17 @@ class TelnetServer(BaseServer):
                 raise ValueError(f"client accepted unknown charset {names[0]!r}")
             self._charset = names[0]
             self._extra["charset"] = names[0]
-            self._awaiting.discard("charset")
+            self._received_reply("charset")
             self._update_codecs()
         elif verb == CHARSET_REJECTED:
-            self._awaiting.discard("charset")
+            self._received_reply("charset")
         elif verb == CHARSET_REQUEST:
             chosen = self._choose_charset(names)
             self._engine.send_subnegotiation(CHARSET, options.build_charset_reply(chosen))
             if chosen is not None:
                 self._charset = chosen
                 self._extra["charset"] = chosen
-                self._awaiting.discard("charset")
+                self._received_reply("charset")
                 self._update_codecs()
         elif verb == CHARSET_TTABLE_IS:
             self._engine.send_subnegotiation(CHARSET, bytes((CHARSET_TTABLE_REJECTED,)))
@@ -279,7 +299,7 @@ class TelnetServer(BaseServer):
 
     def _on_value(self, key: str, payload: bytes) -> None:
         self._extra[key] = options.parse_is(payload)
-        self._awaiting.discard(key)
+        self._received_reply(key)
 
     def _on_status(self, payload: bytes) -> None:
         if payload[:1] != bytes((SEND,)):

@@ -33,6 +33,9 @@ _monotonic = time.monotonic
 SHELL_GRACE_SECONDS = 1.0
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 def _current_loop() -> asyncio.AbstractEventLoop:
     try:
         return asyncio.get_running_loop()
@@ -47,11 +50,16 @@ class BaseServer(asyncio.Protocol):
     accept_local: frozenset[int] = frozenset()
     accept_remote: frozenset[int] = frozenset()
 
-    _when_connected: float | None = None
-    _last_received: float | None = None
-    _transport: asyncio.Transport | None = None
-    reader: TelnetReader | None = None
-    writer: TelnetWriter | None = None
+    # A worker holds thousands of these: slots instead of an instance dict.
+    # (A subclass without __slots__ still gets a dict for its own attributes.)
+    __slots__ = (
+        "_acknowledged", "_advanced", "_check_later", "_closed", "_drain_waiters",
+        "_encoding_errors", "_engine", "_extra", "_last_received", "_limit", "_loop",
+        "_process_extra",
+        "_shell_task", "_transport", "_waiter_closed", "_waiter_connected", "_when_connected",
+        "_write_paused", "connect_maxwait", "default_encoding", "force_binary", "log", "reader",
+        "rx_bytes", "shell", "tx_bytes", "writer",
+    )
 
     def __init__(
         self,
@@ -67,6 +75,11 @@ class BaseServer(asyncio.Protocol):
         limit: int | None = None,
     ) -> None:
         """Class initializer."""
+        self._when_connected: float | None = None
+        self._last_received: float | None = None
+        self._transport: asyncio.Transport | None = None
+        self.reader: TelnetReader | None = None
+        self.writer: TelnetWriter | None = None
         self.log = log or logging.getLogger("workers.server")
         self._loop = loop or _current_loop()
         self._waiter_connected = _waiter_connected or self._loop.create_future()
@@ -79,6 +92,8 @@ class BaseServer(asyncio.Protocol):
         self.connect_maxwait = connect_maxwait
         self._limit = limit or DEFAULT_LIMIT
         self._extra: dict[str, Any] = {}
+        # values common to every session of the process (shard, ...): shared
+        self._process_extra: dict[str, Any] = _NO_EXTRA
         self._engine = TelnetEngine(
             "server", accept_local=self.accept_local, accept_remote=self.accept_remote
         )
@@ -88,7 +103,7 @@ class BaseServer(asyncio.Protocol):
         self._check_later: asyncio.TimerHandle | None = None
         self._shell_task: asyncio.Task[Any] | None = None
         self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
 
@@ -190,8 +205,8 @@ class BaseServer(asyncio.Protocol):
         self._wake_drainers(None)
 
     def _wake_drainers(self, exc: BaseException | None) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 if exc is None:
                     waiter.set_result(None)
@@ -204,6 +219,8 @@ class BaseServer(asyncio.Protocol):
         if not self._write_paused:
             return
         waiter = self._loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
         self._drain_waiters.append(waiter)
         await waiter
 
@@ -241,9 +258,12 @@ class BaseServer(asyncio.Protocol):
         """Get optional server protocol or transport information."""
         if name in self._extra:
             return self._extra[name]
-        if self._transport is None:
-            return default
-        return self._transport.get_extra_info(name, default)
+        if self._transport is not None:
+            missing = _NO_EXTRA
+            value = self._transport.get_extra_info(name, missing)
+            if value is not missing:
+                return value
+        return self._process_extra.get(name, default)
 
     def _peer(self) -> str:
         peer = self.get_extra_info("peername")

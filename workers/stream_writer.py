@@ -19,6 +19,8 @@ class TelnetWriter:
     ``encoding=None`` gives a bytes writer, which refuses ``str``.
     """
 
+    __slots__ = ("_errors", "_protocol", "_transport", "encoding")
+
     def __init__(
         self,
         transport: asyncio.BaseTransport,
