@@ -86,6 +86,10 @@ def _build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", help="add or remove shards: +N or -N")
     _add_target(workers)
     workers.add_argument("delta", help="+N or -N")
+    from shardd import loadtest_run
+
+    loadtest_run.add_arguments(commands.add_parser(
+        "loadtest", help="load-test a server on this machine: connect, echo, idle or storm"))
     return parser
 
 
@@ -139,7 +143,7 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
     host, port = sock.getsockname()[:2]
     log.info("serving telnet on %s:%s (pid %d, single process, shell %s)",
              host, port, os.getpid(), cfg.shell)
-    run_single_process(sock, opts, cfg.graceful_timeout)
+    run_single_process(sock, opts, cfg.graceful_timeout, cfg.backlog)
     log.info("stopped")
     return 0
 
@@ -230,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             return _simple(args, {"cmd": "stop"})
         if args.command == "workers":
             return _workers(args)
+        if args.command == "loadtest":
+            from shardd import loadtest_run
+
+            return loadtest_run.run(args)
     except ConfigError as exc:
         print(f"shardd: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
