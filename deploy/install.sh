@@ -13,7 +13,7 @@ with_test=0
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd; do
+    for pkg in inetutils-telnet netcat-openbsd iproute2; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

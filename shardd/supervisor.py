@@ -279,6 +279,7 @@ class Supervisor:
                 shard=shard.index,
                 stats_interval=self.cfg.stats_interval,
                 graceful_timeout=self.cfg.graceful_timeout,
+                backlog=self.cfg.backlog,
                 reopen_logs=logs.reopen,
             )
             run_worker(settings, shard.sock, theirs, Sessions(self.opts))

@@ -963,3 +963,19 @@ def test_stop_removes_the_control_socket_after_dropping_root(serve_as_nobody) ->
     assert server.stop() == 0
     server.wait_for_log(r"stopped \(exit status 0\)")
     assert not os.path.exists(path), f"control socket {path} left behind after a clean stop"
+
+
+def _listen_backlogs(port: int) -> list[int]:
+    """Send-Q of every listening socket on ``port``: the backlog the kernel uses."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return [int(line.split()[2]) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_backlog_flag_reaches_the_kernel(serve: Callable[..., ServerProcess], workers: str) -> None:
+    server = serve("--workers", workers, "--backlog", "1234", "--shell", "echo")
+    if workers != "0":
+        server.wait_for_log(r"shard 1: worker \d+ serving")
+    backlogs = wait_until(lambda: _listen_backlogs(server.port), what="the listening sockets")
+    assert backlogs and all(b == 1234 for b in backlogs), backlogs

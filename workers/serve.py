@@ -105,13 +105,16 @@ async def serve_until_signal(
     sessions: Sessions,
     *,
     graceful_timeout: float = 10.0,
+    backlog: int = 4096,
 ) -> None:
     """Serve ``sock`` until SIGTERM or SIGINT; then say goodbye and close."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = await loop.create_server(sessions, sock=sock)
+    # create_server listens again on the socket: without backlog= it would
+    # shrink the queue to asyncio's default of 100
+    server = await loop.create_server(sessions, sock=sock, backlog=backlog)
     try:
         await stop.wait()
     finally:
@@ -141,8 +144,11 @@ def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096)
     return sock
 
 
-def run_single_process(sock: socket.socket, opts: SessionOptions, graceful_timeout: float) -> None:
+def run_single_process(
+    sock: socket.socket, opts: SessionOptions, graceful_timeout: float, backlog: int = 4096
+) -> None:
     """Development mode: serve in this process on a fresh uvloop loop."""
     sessions = Sessions(opts)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve_until_signal(sock, sessions, graceful_timeout=graceful_timeout))
+        runner.run(serve_until_signal(sock, sessions, graceful_timeout=graceful_timeout,
+                                      backlog=backlog))

@@ -48,6 +48,7 @@ class WorkerSettings:
     stats_interval: float = 1.0
     heartbeat_interval: float = 1.0
     graceful_timeout: float = 10.0
+    backlog: int = 4096
     reopen_logs: Callable[[], None] | None = None
 
 
@@ -169,7 +170,9 @@ class Worker:
         _t, self.ipc = await loop.create_unix_connection(
             lambda: _IpcProtocol(self), sock=self.ipc_sock
         )
-        self.server = await loop.create_server(self.sessions, sock=self.listen_sock)
+        # create_server listens again: without backlog= the queue shrinks to 100
+        self.server = await loop.create_server(self.sessions, sock=self.listen_sock,
+                                               backlog=self.settings.backlog)
         self.ipc.send(ipc.HELLO, pid=os.getpid(), shard=self.shard)
         log.info("shard %d: worker %d serving", self.shard, os.getpid())
         self._heartbeat()
