@@ -57,3 +57,43 @@ async def report(reader: Any, writer: Any) -> None:
             return
         else:
             _write(writer, f"You said: {line}\r\n")
+
+
+# Shells that misbehave on purpose, for the load-test tool's failure kinds
+# (tests/test_loadtest.py).
+
+async def upper_echo(reader: Any, writer: Any) -> None:
+    """Echo, upper-cased: what comes back differs from what was sent."""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        writer.write(data.upper())
+        await writer.drain()
+
+
+async def half_echo(reader: Any, writer: Any) -> None:
+    """Echo half of the first read (one byte at least), then end the session."""
+    data = await reader.read(65536)
+    if data:
+        writer.write(data[: max(1, len(data) // 2)])
+        await writer.drain()
+
+
+async def close_at_once(reader: Any, writer: Any) -> None:
+    """End the session as soon as it starts, having said nothing."""
+
+
+async def silent(reader: Any, writer: Any) -> None:
+    """Read everything and never answer."""
+    while await reader.read(65536):
+        pass
+
+
+async def echo_once(reader: Any, writer: Any) -> None:
+    """Echo the first read only; everything after it is read and dropped."""
+    data = await reader.read(65536)
+    writer.write(data)
+    await writer.drain()
+    while await reader.read(65536):
+        pass
