@@ -55,7 +55,7 @@ WANTYES = 3
 _COMMANDS = frozenset(range(239, 250))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
     """A two-byte command such as IAC AYT, IAC GA or IAC EOR."""
 
@@ -65,7 +65,7 @@ class Command:
         return f"IAC {name_command(self.cmd)}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OptionEnabled:
     """An option is now on. ``local`` means we perform it (we said WILL)."""
 
@@ -73,7 +73,7 @@ class OptionEnabled:
     local: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OptionDisabled:
     """An option is now off. ``refused`` when it was our request that was declined."""
 
@@ -82,7 +82,7 @@ class OptionDisabled:
     refused: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Subnegotiation:
     """A complete IAC SB <option> <payload> IAC SE, payload unescaped."""
 
@@ -90,7 +90,7 @@ class Subnegotiation:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtocolError:
     """Malformed input that was discarded; the stream goes on."""
 
@@ -404,6 +404,11 @@ class TelnetEngine:
     def remote_state(self, opt: int) -> int:
         """NO, YES, WANTNO or WANTYES for an option the peer performs."""
         return self._remote.state.get(opt, NO) & 3
+
+    def has_pending(self) -> bool:
+        """Whether a request of ours is still unanswered."""
+        return any(s & 3 >= WANTNO for s in self._local.state.values()) or any(
+            s & 3 >= WANTNO for s in self._remote.state.values())
 
     def pending(self) -> list[tuple[bool, int]]:
         """Options with a request of ours still unanswered, as (local, option)."""

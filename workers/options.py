@@ -8,6 +8,8 @@ removed IAC SB <option> ... IAC SE and undoubled IACs). Each parser raises
 from __future__ import annotations
 
 import codecs
+import functools
+import re
 import struct
 import sys
 
@@ -91,11 +93,33 @@ def build_environ_send(names: list[tuple[int, str]], limit: int = MAX_CLIENT_SB)
     return payloads
 
 
+# type, name, and an optional VALUE and value, when nothing is escaped
+_ENV_ITEM = re.compile(rb"([\x00\x03])([^\x00\x01\x03]*)(?:\x01([^\x00\x01\x03]*))?")
+
+
 def parse_environ(payload: bytes) -> tuple[int, list[tuple[int, str, str | None]]]:
     """(IS/INFO/SEND, [(VAR or USERVAR, name, value or None), ...])."""
     if not payload or payload[0] not in (IS, SEND, INFO):
         raise ValueError("NEW-ENVIRON payload without IS, SEND or INFO")
     verb = payload[0]
+    if ENV_ESC not in payload:
+        # every session sends one of these: parse it in C when nothing is escaped
+        items: list[tuple[int, str, str | None]] = []
+        pos = 1
+        for match in _ENV_ITEM.finditer(payload, 1):
+            if match.start() != pos:
+                break
+            kind, name, value = match.groups()
+            items.append((kind[0], sys.intern(text(name)),
+                          None if value is None else text(value)))
+            pos = match.end()
+        else:
+            if pos == len(payload):
+                return verb, items
+    return verb, _parse_environ_bytewise(payload)
+
+
+def _parse_environ_bytewise(payload: bytes) -> list[tuple[int, str, str | None]]:
     items: list[tuple[int, str, str | None]] = []
     kind: int | None = None
     name = bytearray()
@@ -124,7 +148,7 @@ def parse_environ(payload: bytes) -> tuple[int, list[tuple[int, str, str | None]
                 i += 1
             (name if value is None else value).append(byte)
     finish()
-    return verb, items
+    return items
 
 
 def build_environ_is(variables: dict[str, str], verb: int = IS) -> bytes:
@@ -172,6 +196,7 @@ def build_charset_reply(accepted: str | None) -> bytes:
     return bytes((CHARSET_ACCEPTED,)) + accepted.encode("ascii")
 
 
+@functools.lru_cache(maxsize=256)
 def python_codec(name: str) -> str | None:
     """The Python codec for a charset name from the wire, or None if unknown."""
     try:
@@ -180,6 +205,7 @@ def python_codec(name: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def lang_encoding(lang: str) -> str | None:
     """The encoding named by a LANG value such as ``en_US.UTF-8@euro``."""
     if "." not in lang:

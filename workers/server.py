@@ -47,8 +47,11 @@ ENVIRON_REQUEST: list[tuple[int, str]] = [
     (ENV_USERVAR, ""),
 ]
 
+_ENVIRON_SEND = tuple(options.build_environ_send(ENVIRON_REQUEST))
+
 # Charsets offered by CHARSET REQUEST, in order of preference.
 CHARSET_OFFER = ["UTF-8", "US-ASCII", "ISO-8859-1", "CP437"]
+_CHARSET_REQUEST = options.build_charset_request(CHARSET_OFFER)
 
 
 # Subnegotiation replies still owed to us, as bits of TelnetServer._awaiting.
@@ -165,14 +168,12 @@ class TelnetServer(BaseServer):
         elif option == TTYPE:
             self._request_value(TTYPE, "ttype")
         elif option == NEW_ENVIRON:
-            for payload in options.build_environ_send(ENVIRON_REQUEST):
+            for payload in _ENVIRON_SEND:
                 self._engine.send_subnegotiation(NEW_ENVIRON, payload)
                 self._environ_replies_due += 1
             self._await("environ")
         elif option == CHARSET:
-            self._engine.send_subnegotiation(
-                CHARSET, options.build_charset_request(CHARSET_OFFER)
-            )
+            self._engine.send_subnegotiation(CHARSET, _CHARSET_REQUEST)
             self._await("charset")
         elif option == NAWS:
             self._await("naws")

@@ -313,7 +313,7 @@ class BaseServer(asyncio.Protocol):
         Ensure super().check_negotiation() is called and conditionally combined
         when derived.
         """
-        return not self._engine.pending()
+        return not self._engine.has_pending()
 
     def _negotiation_progress(self) -> None:
         if self._waiter_connected.done() or self._closed:

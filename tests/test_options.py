@@ -1,0 +1,39 @@
+"""Subnegotiation payload codecs: the NEW-ENVIRON fast path agrees with the byte-wise one."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers import options
+from workers.telopt import ENV_ESC, ENV_USERVAR, ENV_VALUE, ENV_VAR, INFO, IS
+
+# bytes biased toward the NEW-ENVIRON type codes, so that structure is common
+_env_bytes = st.lists(
+    st.one_of(st.sampled_from([ENV_VAR, ENV_VALUE, ENV_USERVAR, ENV_ESC]),
+              st.integers(32, 126), st.integers(0, 255)),
+    max_size=60,
+).map(bytes)
+
+
+@settings(max_examples=500, deadline=None)
+@given(verb=st.sampled_from([IS, INFO]), body=_env_bytes)
+def test_environ_fast_path_matches_bytewise_parser(verb: int, body: bytes) -> None:
+    payload = bytes((verb,)) + body
+    try:
+        expected = options._parse_environ_bytewise(payload)
+    except ValueError:
+        expected = None
+    try:
+        verb_seen, items = options.parse_environ(payload)
+        assert verb_seen == verb
+    except ValueError:
+        items = None
+    assert items == expected
+
+
+def test_environ_round_trip() -> None:
+    env = {"USER": "root", "LANG": "en_US.UTF-8", "ODD": "a\x01b\x02c\x00d\x03e"}
+    _verb, items = options.parse_environ(options.build_environ_is(env))
+    assert {name: value for _kind, name, value in items} == env
+    assert [kind for kind, _n, _v in items] == [ENV_VAR, ENV_USERVAR, ENV_USERVAR]
