@@ -1,7 +1,13 @@
-"""Bare uvloop echo servers: the ceilings shardd is measured against.
+"""The servers shardd is measured against, each an echo on uvloop.
 
-``python -m shardd.anchors protocol|streams --port P`` serves an echo on
-127.0.0.1:P (0 picks a free port) and prints ``listening on 127.0.0.1:PORT``.
+- ``protocol``: a bare ``asyncio.Protocol`` echo, the ceiling of Python here;
+- ``streams``: a bare ``asyncio.start_server`` echo;
+- ``telnetlib3``: telnetlib3's ``create_server`` with an echo shell (needs the
+  ``bench`` extra). It is a benchmark anchor only: shardd's own code never
+  imports telnetlib3.
+
+``python -m shardd.anchors KIND --port P`` serves on 127.0.0.1:P (0 picks a
+free port) and prints ``listening on 127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,27 @@ async def _streams_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         writer.close()
 
 
+async def _telnetlib3_server(host: str, port: int) -> asyncio.AbstractServer:
+    import telnetlib3  # the anchor itself, in its own process: see the module doc
+
+    async def shell(reader: telnetlib3.TelnetReader, writer: telnetlib3.TelnetWriter) -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await telnetlib3.create_server(host=host, port=port, shell=shell)
+
+
 async def serve(kind: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     if kind == "protocol":
         server = await loop.create_server(_ProtocolEcho, host, port, backlog=4096)
+    elif kind == "telnetlib3":
+        server = await _telnetlib3_server(host, port)
     else:
         server = await asyncio.start_server(_streams_echo, host, port, backlog=4096)
     bound = server.sockets[0].getsockname()
@@ -53,7 +76,7 @@ async def serve(kind: str, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shardd.anchors")
-    parser.add_argument("kind", choices=("protocol", "streams"))
+    parser.add_argument("kind", choices=("protocol", "streams", "telnetlib3"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
