@@ -203,7 +203,11 @@ def _measure(scenario: str, server: _Server, settings: Settings) -> tuple[float,
 
 
 class _BalanceHooks(loadtest.Hooks):
-    """Reads how the held sessions spread over shards while they are all open."""
+    """Reads how the held sessions spread over shards while they are all open.
+
+    At the "held" barrier: after the memory reading, since a status of
+    thousands of sessions makes the supervisor allocate (and keep) a few MB.
+    """
 
     def __init__(self, server: _Server) -> None:
         super().__init__()
@@ -211,7 +215,7 @@ class _BalanceHooks(loadtest.Hooks):
         self.balance: list[int] | None = None
 
     async def barrier(self, name: str) -> None:
-        if name == "open" and self.server.contender.shards:
+        if name == "held" and self.server.contender.shards:
             loop = asyncio.get_running_loop()
             self.balance = await loop.run_in_executor(None, self.server.shard_balance)
         await super().barrier(name)
