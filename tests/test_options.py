@@ -37,3 +37,22 @@ def test_environ_round_trip() -> None:
     _verb, items = options.parse_environ(options.build_environ_is(env))
     assert {name: value for _kind, name, value in items} == env
     assert [kind for kind, _n, _v in items] == [ENV_VAR, ENV_USERVAR, ENV_USERVAR]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=40), cuts=st.lists(st.integers(0, 200), max_size=6),
+       encoding=st.sampled_from(["utf-8", "latin-1", "cp437", "utf-16", "shift_jis"]))
+def test_reader_decodes_any_split_like_one_decode(text: str, cuts: list[int],
+                                                  encoding: str) -> None:
+    """The reader's direct-decode fast path never splits a character wrongly."""
+    from workers.stream_reader import TelnetReader
+
+    data = text.encode(encoding, "replace")
+    expected = data.decode(encoding, "replace")
+    reader = TelnetReader(encoding=encoding, encoding_errors="replace")
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    for start, end in zip([0, *points], [*points, len(data)], strict=True):
+        if end > start:
+            reader.feed_data(data[start:end])
+    reader.feed_eof()
+    assert reader._buf == expected

@@ -14,6 +14,11 @@ from typing import Any
 
 DEFAULT_LIMIT = 2**16
 
+# Codecs whose decoders keep no state between chunks: bytes.decode (in C) does
+# what the incremental decoder (Python frames per call) would.
+_STATELESS = frozenset({"ascii", "latin-1", "iso8859-1", "iso8859-15", "cp437", "cp1252"})
+_NEVER, _ALWAYS, _ASCII_END = 0, 1, 2
+
 
 class LineTooLong(ValueError):
     """``readline`` found no line end within ``limit``; the partial line was dropped."""
@@ -28,9 +33,9 @@ class TelnetReader:
     """
 
     __slots__ = (
-        "_buf", "_cr", "_cr_pending", "_decode_error", "_decoder", "_discarding", "_empty",
-        "_eof", "_errors", "_exception", "_lf", "_limit", "_loop", "_nul", "_pause", "_paused",
-        "_resume", "_waiter", "encoding",
+        "_buf", "_cr", "_cr_pending", "_decode_error", "_decoder", "_direct", "_discarding",
+        "_empty", "_eof", "_errors", "_exception", "_lf", "_limit", "_loop", "_nul", "_partial",
+        "_pause", "_paused", "_resume", "_waiter", "encoding",
     )
 
     def __init__(
@@ -58,6 +63,8 @@ class TelnetReader:
         self._discarding = False  # dropping the rest of a line that was too long
         self._errors = encoding_errors
         self._decoder: codecs.IncrementalDecoder | None = None
+        self._direct = _NEVER  # when a chunk may skip the incremental decoder
+        self._partial = False  # the incremental decoder holds part of a character
         self.encoding: str | None = None
         self._empty: str | bytes = b""
         self._cr: Any = b"\r"
@@ -87,13 +94,24 @@ class TelnetReader:
             self._empty, self._cr, self._lf, self._nul = "", "\r", "\n", "\x00"
         self._decoder = decoder
         self.encoding = encoding
+        name = codecs.lookup(encoding).name
+        # UTF-8: a chunk ending in an ASCII byte ends on a character boundary
+        self._direct = _ALWAYS if name in _STATELESS else _ASCII_END if name == "utf-8" \
+            else _NEVER
+        self._partial = bool(decoder.getstate()[0])
 
     def feed_data(self, data: bytes) -> None:
         """Take in-band bytes from the protocol; wakes a waiting read."""
         decoder = self._decoder
         if decoder is not None:
             try:
-                data = decoder.decode(data)
+                direct = self._direct
+                if direct and not self._partial and data and (
+                        direct == _ALWAYS or data[-1] < 0x80):
+                    data = data.decode(self.encoding, self._errors)  # type: ignore[arg-type]
+                else:
+                    data = decoder.decode(data)
+                    self._partial = direct == _ASCII_END and bool(decoder.getstate()[0])
             except UnicodeDecodeError as exc:
                 # Keep the text (with replacement characters) and tell the shell
                 # once, on its next read, rather than losing the input. The
@@ -104,6 +122,7 @@ class TelnetReader:
                 replacing.setstate(decoder.getstate())
                 data = replacing.decode(data)
                 decoder.setstate(replacing.getstate())
+                self._partial = bool(decoder.getstate()[0])
         if self._cr_pending:
             self._cr_pending = False
             if data[:1] in (self._lf, self._nul):

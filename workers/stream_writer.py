@@ -95,7 +95,10 @@ class TelnetWriter:
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
-        await self._protocol._drain_helper()
+        protocol = self._protocol
+        # the usual case, checked here: no second coroutine per call on the hot path
+        if protocol._write_paused or protocol._closed:
+            await protocol._drain_helper()
 
     def close(self) -> None:
         self._transport.close()
