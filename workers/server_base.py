@@ -153,10 +153,12 @@ class BaseServer(asyncio.Protocol):
         self._last_received = _monotonic()
         self.rx_bytes += len(data)
         engine = self._engine
-        inband = engine.receive(data)
+        # the engine's own fast path, checked here to save a call per chunk:
+        # between sequences, a chunk without IAC is all in-band data
+        inband = data if engine._state == 0 and b"\xff" not in data else engine.receive(data)
         if engine.events:
             self._process_events()
-        elif engine.has_output:  # refusals and timing marks come with no event
+        elif engine._out:  # refusals and timing marks come with no event
             self._flush()
         if inband:
             self.reader.feed_data(inband)  # type: ignore[union-attr]

@@ -133,7 +133,11 @@ class TelnetReader:
             return
         buf = self._buf
         self._buf = buf + data if buf else data
-        self._wake()
+        waiter = self._waiter
+        if waiter is not None:  # _wake, inlined: once per received chunk
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         if not self._paused and self._pause is not None and len(self._buf) > 2 * self._limit:
             self._paused = True
             self._pause()
@@ -223,7 +227,8 @@ class TelnetReader:
 
     async def read(self, n: int = -1) -> Any:
         """Up to ``n`` characters (or bytes); ``n < 0`` reads until EOF."""
-        self._check_errors()
+        if self._exception is not None or self._decode_error is not None:
+            self._check_errors()
         if n == 0:
             return self._empty
         if n < 0:
@@ -242,7 +247,8 @@ class TelnetReader:
                 await self._new_waiter("read")
             finally:
                 self._waiter = None
-            self._check_errors()
+            if self._exception is not None or self._decode_error is not None:
+                self._check_errors()
         buf = self._buf
         if n >= len(buf):
             self._buf = self._empty
@@ -250,7 +256,8 @@ class TelnetReader:
         else:
             data = buf[:n]
             self._buf = buf[n:]
-        self._consumed()
+        if self._paused:
+            self._consumed()
         return data
 
     async def readline(self) -> Any:

@@ -56,7 +56,10 @@ class TelnetWriter:
             data = data.encode(self.encoding, self._errors)
         if IAC_BYTE in data:
             data = escape(data)
-        self._protocol._send(data)
+        protocol = self._protocol  # BaseServer._send, inlined: this is the hot path
+        if not protocol._closed:
+            protocol.tx_bytes += len(data)
+            self._transport.write(data)
 
     def writelines(self, lines: Iterable[str | bytes]) -> None:
         for line in lines:
