@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,8 +100,11 @@ class _Server:
         self.contender = contender
         self.port = _free_port()
         command = [part.replace("{port}", str(self.port)) for part in contender.command]
+        # a file, not a pipe: nobody reads a contender's log while it runs, and a
+        # full pipe would freeze it mid-write (telnetlib3 logs every reset)
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
         try:
             self._wait_ready(20.0)
         except BaseException:
@@ -111,7 +115,8 @@ class _Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self.log.seek(0)
+                err = self.log.read().decode(errors="replace")
                 raise BenchError(f"{self.contender.name} exited with status "
                                  f"{self.proc.returncode}: {err.strip()[-500:]}")
             if self._ready():
@@ -156,8 +161,7 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.log.close()
 
 
 def _free_port() -> int:
