@@ -172,30 +172,42 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------- scenarios
 
-def _run(coro: Any) -> Any:
+# No scenario may take longer than this: a contender that stops answering
+# fails the run instead of stalling it.
+SCENARIO_TIMEOUT = 300.0
+
+
+def _run(coro: Any, what: str) -> Any:
+    async def bounded() -> Any:
+        try:
+            return await asyncio.wait_for(coro, SCENARIO_TIMEOUT)
+        except TimeoutError:
+            raise BenchError(f"{what} did not finish within {SCENARIO_TIMEOUT:.0f}s") from None
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+        return runner.run(bounded())
 
 
 def _measure(scenario: str, server: _Server, settings: Settings) -> tuple[float, dict[str, Any]]:
     """One scenario against one running contender: (figure, loadtest summary)."""
     port = server.port
+    what = f"{server.contender.name} {scenario}"
     if scenario in ("echo-64", "echo-1k"):
         result = _run(loadtest.echo(HOST, port, sessions=settings.sessions,
                                     size=64 if scenario == "echo-64" else 1024,
-                                    duration=settings.duration))
+                                    duration=settings.duration), what)
         summary = result.summary()
         figure = summary["round_trips_per_s"]
     elif scenario == "connect":
         result = _run(loadtest.connect(HOST, port, sessions=settings.connect_sessions,
-                                       concurrency=settings.connect_concurrency))
+                                       concurrency=settings.connect_concurrency), what)
         summary = result.summary()
         figure = summary["setups_per_s"]
     else:
         hooks = _BalanceHooks(server)
         result = _run(loadtest.idle(HOST, port, sessions=settings.idle_sessions,
                                     duration=settings.idle_hold, pids=server.pids(),
-                                    concurrency=100, hooks=hooks))
+                                    concurrency=100, hooks=hooks), what)
         summary = result.summary()
         summary["shard_sessions"] = hooks.balance
         figure = (summary["rss"] or {}).get("per_session_bytes") or float("nan")
