@@ -356,8 +356,9 @@ def render(report: dict[str, Any]) -> str:
         if CONTENDERS[name].anchor:
             continue
         lines.append("")
-        lines.append(f"{name} ratios" + (" (idle: memory multiple, lower is better)"
-                                         if "idle" in scenarios else ""))
+        lower = [s for s in scenarios if not SCENARIOS[s].higher_is_better]
+        lines.append(f"{name} ratios" + (f" ({', '.join(lower)}: lower is better)"
+                                         if lower else ""))
         lines += _table(["against", *scenarios], [
             [anchor, *("-" if r[s] is None else f"{r[s]:.2f}x" for s in scenarios)]
             for anchor, r in per_anchor.items()])

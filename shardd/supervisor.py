@@ -502,8 +502,6 @@ class Supervisor:
         self.rolling_new = self._spawn(shard)
         if shard.worker is None:
             shard.worker = self.rolling_new
-        else:
-            shard.restarts += 0  # a planned replacement is not a restart
 
     def _kill_all(self) -> None:
         for pid in list(self.workers):

@@ -40,7 +40,6 @@ class LineEditor:
 
     def __init__(self, reader: TelnetReader, writer: TelnetWriter) -> None:
         self._reader = reader
-        self._writer = writer
         self._echo = lambda text: writer.echo(_encode(writer, text))
         self._pending = ""  # read past the end of the previous line
         self._after_cr = False
