@@ -579,17 +579,22 @@ def test_plain_nc_non_ascii_input_does_not_kill_the_session(serve) -> None:
 # ------------------------------------------------------- 5. the echo shell
 
 
+def agree_binary(client: RawTelnet) -> None:
+    """Offer and request BINARY, and wait until both directions are agreed."""
+    client.offer(BINARY)
+    client.request(BINARY)
+    client.read_until(
+        lambda c: (DO, BINARY) in c.commands and (WILL, BINARY) in c.commands,
+        what="BINARY agreed both ways",
+    )
+
+
 @pytest.mark.parametrize("encoding", ["false", "latin-1"])
 def test_echo_shell_returns_bytes_unchanged_with_iac_doubled(serve, encoding: str) -> None:
     server = serve("--shell", "echo", "--encoding", encoding)
     client = RawTelnet(server.port, will={BINARY}, do={BINARY})
     try:
-        client.offer(BINARY)
-        client.request(BINARY)
-        client.read_until(
-            lambda c: (DO, BINARY) in c.commands and (WILL, BINARY) in c.commands,
-            what="BINARY agreed both ways",
-        )
+        agree_binary(client)
         start = len(client.wire)
         client.send(b"a\xff\xffb")
         client.read_data_until(b"a\xffb")
@@ -622,12 +627,7 @@ def test_echo_shell_large_binary_stream(serve) -> None:
             errors.append(exc)
 
     try:
-        client.offer(BINARY)
-        client.request(BINARY)
-        client.read_until(
-            lambda c: (DO, BINARY) in c.commands and (WILL, BINARY) in c.commands,
-            what="BINARY agreed both ways",
-        )
+        agree_binary(client)
         mark = len(client.data)
         sender = threading.Thread(target=send_all, daemon=True)
         sender.start()
