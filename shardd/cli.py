@@ -174,7 +174,7 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
 def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     from shardd import privileges
     from shardd.supervisor import Supervisor, remove_pidfile, write_pidfile
-    from workers.options import preload_codecs
+    from workers.telnet.options import preload_codecs
 
     supervisor = Supervisor(cfg, opts)
     try:

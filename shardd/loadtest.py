@@ -9,7 +9,7 @@ Four scenarios, each a coroutine running in the caller's event loop:
 - :func:`storm`: sessions arriving at a fixed rate, each held a random time.
 
 Every session answers the server's negotiation like a terminal client
-(:class:`~shardd.telnet_client.TelnetClientSession`) and counts as set up
+(:class:`~workers.telnet.client.TelnetClientSession`) and counts as set up
 when the first in-band byte arrives from the server. As a shell may never
 speak first (the echo shell does not), each session sends one probe byte, a
 NUL, as soon as it connects: telnet's no-operation, which line shells
@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from shardd.telnet_client import TelnetClientSession
+from workers.telnet.client import TelnetClientSession
 
 _perf = time.perf_counter
 _log = math.log

@@ -4,7 +4,7 @@
 ``loop.create_server`` and records every protocol it made and every shell it
 started. ``RawClient`` is a plain TCP client that sends exactly the bytes a test
 gives it (and answers nothing by itself). ``EngineClient`` is a telnet client
-built on :class:`workers.engine.TelnetEngine` in the client role that answers
+built on :class:`workers.telnet.engine.TelnetEngine` in the client role that answers
 TTYPE, NAWS, NEW-ENVIRON, CHARSET, TSPEED and XDISPLOC as real clients do.
 """
 
@@ -18,8 +18,9 @@ from typing import Any
 
 from conftest import async_wait_until
 
-from workers import options
-from workers.engine import (
+from workers.server_base import BaseServer
+from workers.telnet import options
+from workers.telnet.engine import (
     Command,
     OptionDisabled,
     OptionEnabled,
@@ -28,8 +29,7 @@ from workers.engine import (
     TelnetEngine,
     escape,
 )
-from workers.server_base import BaseServer
-from workers.telopt import (
+from workers.telnet.telopt import (
     BINARY,
     CHARSET,
     CHARSET_ACCEPTED,

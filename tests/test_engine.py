@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workers.engine import (
+from workers.telnet.engine import (
     DEFAULT_SB_LIMIT,
     NO,
     WANTNO,
@@ -30,7 +30,7 @@ from workers.engine import (
     TelnetEngine,
     escape,
 )
-from workers.telopt import (
+from workers.telnet.telopt import (
     AO,
     AYT,
     BINARY,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers import options
-from workers.telopt import ENV_ESC, ENV_USERVAR, ENV_VALUE, ENV_VAR, INFO, IS
+from workers.telnet import options
+from workers.telnet.telopt import ENV_ESC, ENV_USERVAR, ENV_VALUE, ENV_VAR, INFO, IS
 
 # bytes biased toward the NEW-ENVIRON type codes, so that structure is common
 _env_bytes = st.lists(

@@ -21,11 +21,12 @@ import pytest
 from conftest import async_wait_until
 from server_peers import TIMEOUT, EngineClient, cmd, sb
 
-from workers import options, server_base
+from workers import server_base
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
 from workers.stream_reader import LineTooLong
-from workers.telopt import (
+from workers.telnet import options
+from workers.telnet.telopt import (
     AYT,
     BINARY,
     DO,

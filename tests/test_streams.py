@@ -16,7 +16,7 @@ from conftest import async_wait_until
 from server_peers import TIMEOUT, cmd
 
 from workers.stream_reader import DEFAULT_LIMIT, LineTooLong, TelnetReader
-from workers.telopt import DO, DONT, ECHO, GA, NOP, SGA, WILL, WONT
+from workers.telnet.telopt import DO, DONT, ECHO, GA, NOP, SGA, WILL, WONT
 
 
 def text_reader(**kwargs) -> TelnetReader:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers import options
 from workers.server_base import BaseServer
-from workers.telopt import (
+from workers.telnet import options
+from workers.telnet.telopt import (
     AYT,
     BINARY,
     CHARSET,

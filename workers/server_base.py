@@ -3,7 +3,7 @@
 The constructor, methods and properties are those of telnetlib3's 1.x
 ``BaseServer`` (including ``log``, ``loop`` and ``_waiter_closed``), so shells
 and protocol subclasses written for it run here. The protocol work itself is
-done by the sans-I/O :class:`~workers.engine.TelnetEngine`.
+done by the sans-I/O :class:`~workers.telnet.engine.TelnetEngine`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workers.engine import (
+from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
+from workers.stream_writer import TelnetWriter
+from workers.telnet.engine import (
     Command,
     OptionDisabled,
     OptionEnabled,
@@ -22,9 +24,7 @@ from workers.engine import (
     Subnegotiation,
     TelnetEngine,
 )
-from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
-from workers.stream_writer import TelnetWriter
-from workers.telopt import name_command, name_option
+from workers.telnet.telopt import name_command, name_option
 
 _monotonic = time.monotonic
 

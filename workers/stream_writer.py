@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from workers.engine import escape
-from workers.telopt import DO, DONT, ECHO, GA, IAC_BYTE, SGA, WILL, WONT
+from workers.telnet.engine import escape
+from workers.telnet.telopt import DO, DONT, ECHO, GA, IAC_BYTE, SGA, WILL, WONT
 
 if TYPE_CHECKING:
     from workers.server_base import BaseServer

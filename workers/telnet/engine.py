@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from workers.telopt import (
+from workers.telnet.telopt import (
     DO,
     DONT,
     IAC,

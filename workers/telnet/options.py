@@ -13,7 +13,7 @@ import re
 import struct
 import sys
 
-from workers.telopt import (
+from workers.telnet.telopt import (
     CHARSET_ACCEPTED,
     CHARSET_REJECTED,
     CHARSET_REQUEST,

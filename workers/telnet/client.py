@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers import options
-from workers.engine import OptionEnabled, Subnegotiation, TelnetEngine
-from workers.telopt import (
+from workers.telnet import options
+from workers.telnet.engine import OptionEnabled, Subnegotiation, TelnetEngine
+from workers.telnet.telopt import (
     BINARY,
     CHARSET,
     CHARSET_REQUEST,
