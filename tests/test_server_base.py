@@ -966,7 +966,7 @@ async def test_environ_cannot_override_transport_or_protocol_keys(harness):
     assert info("USER") == "mallory"
     assert info("peername") == client.sockname
     assert info("cols") == 120
-    assert proto._peer() == "{}:{}".format(*client.sockname)
+    assert proto.peer == "{}:{}".format(*client.sockname)
 
 
 async def test_unsolicited_negotiation_after_connect_is_answered(harness):

@@ -571,7 +571,7 @@ async def test_drain_waits_for_a_slow_client(harness):
     # Write until drain() really blocks: the kernel buffers on both ends (which
     # grow by autotuning) are full and the client is not reading.
     for _ in range(4096):  # at most 256 MiB: far beyond any socket buffer
-        while not proto._write_paused:
+        while not proto.writing_paused:
             run.writer.write(block)
             written += len(block)
         drain = asyncio.ensure_future(run.writer.drain())
@@ -579,7 +579,7 @@ async def test_drain_waits_for_a_slow_client(harness):
         if not done:
             break
     assert not drain.done(), "drain never waited for the client to read"
-    assert proto._write_paused
+    assert proto.writing_paused
     await client.expect_len(written, timeout=60)
     await asyncio.wait_for(drain, TIMEOUT)
     assert len(client.received) == written

@@ -17,6 +17,7 @@ from typing import Any
 from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
 from workers.stream_writer import TelnetWriter
 from workers.telnet.engine import (
+    DATA,
     Command,
     OptionDisabled,
     OptionEnabled,
@@ -53,12 +54,11 @@ class BaseServer(asyncio.Protocol):
     # A worker holds thousands of these: slots instead of an instance dict.
     # (A subclass without __slots__ still gets a dict for its own attributes.)
     __slots__ = (
-        "_acknowledged", "_advanced", "_check_later", "_closed", "_drain_waiters",
-        "_encoding_errors", "_engine", "_extra", "_last_received", "_limit", "_loop",
-        "_process_extra",
-        "_shell_task", "_transport", "_waiter_closed", "_waiter_connected", "_when_connected",
-        "_write_paused", "connect_maxwait", "default_encoding", "force_binary", "log", "reader",
-        "rx_bytes", "shell", "tx_bytes", "writer",
+        "_acknowledged", "_advanced", "_check_later", "_drain_waiters", "_encoding_errors",
+        "_engine", "_extra", "_last_received", "_limit", "_loop", "_shell_task", "_transport",
+        "_waiter_closed", "_waiter_connected", "_when_connected", "closed", "connect_maxwait",
+        "default_encoding", "force_binary", "log", "reader", "rx_bytes", "shared_extra", "shell",
+        "tx_bytes", "writer", "writing_paused",
     )
 
     def __init__(
@@ -80,7 +80,7 @@ class BaseServer(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.reader: TelnetReader | None = None
         self.writer: TelnetWriter | None = None
-        self.log = log or logging.getLogger("workers.server")
+        self.log = log or logging.getLogger("shardd.session")
         self._loop = loop or _current_loop()
         self._waiter_connected = _waiter_connected or self._loop.create_future()
         self._waiter_closed = _waiter_closed or self._loop.create_future()
@@ -92,17 +92,20 @@ class BaseServer(asyncio.Protocol):
         self.connect_maxwait = connect_maxwait
         self._limit = limit or DEFAULT_LIMIT
         self._extra: dict[str, Any] = {}
-        # values common to every session of the process (shard, ...): shared
-        self._process_extra: dict[str, Any] = _NO_EXTRA
+        #: values common to every session of the process (shard, ...), set by the
+        #: server that creates the protocol: one dict shared by all its sessions
+        self.shared_extra: dict[str, Any] = _NO_EXTRA
         self._engine = TelnetEngine(
             "server", accept_local=self.accept_local, accept_remote=self.accept_remote
         )
         self._advanced = False
         self._acknowledged = False
-        self._closed = False
+        #: the connection is gone (connection_lost was called)
+        self.closed = False
         self._check_later: asyncio.TimerHandle | None = None
         self._shell_task: asyncio.Task[Any] | None = None
-        self._write_paused = False
+        #: the transport's write buffer is over its high-water mark
+        self.writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
@@ -122,7 +125,7 @@ class BaseServer(asyncio.Protocol):
             self._start_session(transport)
         except Exception as exc:
             # a half-made session would hang its client forever: drop it
-            self.log.error("%s: cannot start session: %s: %s", self._peer(),
+            self.log.error("%s: cannot start session: %s: %s", self.peer,
                            type(exc).__name__, exc, exc_info=exc)
             transport.abort()  # type: ignore[attr-defined]
 
@@ -144,7 +147,7 @@ class BaseServer(asyncio.Protocol):
         )
         self._waiter_connected.add_done_callback(self.begin_shell)
         self.begin_negotiation()
-        self._flush()
+        self.flush()
         self._check_later = self._loop.call_later(self.connect_maxwait, self._negotiation_deadline)
         self._loop.call_soon(self._negotiation_progress)
 
@@ -154,12 +157,16 @@ class BaseServer(asyncio.Protocol):
         self.rx_bytes += len(data)
         engine = self._engine
         # the engine's own fast path, checked here to save a call per chunk:
-        # between sequences, a chunk without IAC is all in-band data
-        inband = data if engine._state == 0 and b"\xff" not in data else engine.receive(data)
+        # between sequences, a chunk without IAC is all in-band data, and
+        # parses to no event and no reply
+        if engine.parser_state == DATA and b"\xff" not in data:
+            self.reader.feed_data(data)  # type: ignore[union-attr]
+            return
+        inband = engine.receive(data)
         if engine.events:
             self._process_events()
-        elif engine._out:  # refusals and timing marks come with no event
-            self._flush()
+        elif engine.has_output:  # refusals and timing marks come with no event
+            self.flush()
         if inband:
             self.reader.feed_data(inband)  # type: ignore[union-attr]
 
@@ -168,7 +175,7 @@ class BaseServer(asyncio.Protocol):
 
         This callback may be exercised by the nc(1) client argument -z.
         """
-        self.log.debug("%s: EOF received, closing", self._peer())
+        self.log.debug("%s: EOF received, closing", self.peer)
         self.reader.feed_eof()  # type: ignore[union-attr]
         self._transport.close()  # type: ignore[union-attr]
         return False
@@ -178,10 +185,10 @@ class BaseServer(asyncio.Protocol):
 
         ``exc`` is None when closed by EOF or by us.
         """
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
-        self.log.debug("%s: connection closed: %s", self._peer(), exc or "EOF")
+        self.closed = True
+        self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
             self._check_later.cancel()
             self._check_later = None
@@ -200,10 +207,10 @@ class BaseServer(asyncio.Protocol):
             self._waiter_closed.set_result(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.writing_paused = False
         self._wake_drainers(None)
 
     def _wake_drainers(self, exc: BaseException | None) -> None:
@@ -215,10 +222,11 @@ class BaseServer(asyncio.Protocol):
                 else:
                     waiter.set_exception(exc)
 
-    async def _drain_helper(self) -> None:
-        if self._closed:
+    async def wait_writable(self) -> None:
+        """Wait until the transport takes writes again; ConnectionResetError once closed."""
+        if self.closed:
             raise ConnectionResetError("connection lost")
-        if not self._write_paused:
+        if not self.writing_paused:
             return
         waiter = self._loop.create_future()
         if self._drain_waiters is None:
@@ -230,17 +238,22 @@ class BaseServer(asyncio.Protocol):
 
     def _send(self, data: bytes) -> None:
         """Write bytes already escaped for the wire."""
-        if self._closed:
+        if self.closed:
             return
         self.tx_bytes += len(data)
         self._transport.write(data)  # type: ignore[union-attr]
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Send what the engine has queued (replies, requests)."""
         if self._engine.has_output:
             self._send(self._engine.data_to_send())
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def engine(self) -> TelnetEngine:
+        """The session's sans-I/O telnet engine (option state, commands to send)."""
+        return self._engine
 
     @property
     def duration(self) -> float:
@@ -265,9 +278,11 @@ class BaseServer(asyncio.Protocol):
             value = self._transport.get_extra_info(name, missing)
             if value is not missing:
                 return value
-        return self._process_extra.get(name, default)
+        return self.shared_extra.get(name, default)
 
-    def _peer(self) -> str:
+    @property
+    def peer(self) -> str:
+        """The client's address as ``host:port``, for log lines."""
         peer = self.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             return f"{peer[0]}:{peer[1]}"
@@ -318,14 +333,14 @@ class BaseServer(asyncio.Protocol):
         return not self._engine.has_pending()
 
     def _negotiation_progress(self) -> None:
-        if self._waiter_connected.done() or self._closed:
+        if self._waiter_connected.done() or self.closed:
             return
         if self.check_negotiation(final=False):
             self._negotiation_done()
 
     def _negotiation_deadline(self) -> None:
         self._check_later = None
-        if self._waiter_connected.done() or self._closed:
+        if self._waiter_connected.done() or self.closed:
             return
         if not self.check_negotiation(final=True):
             pending = ", ".join(
@@ -334,7 +349,7 @@ class BaseServer(asyncio.Protocol):
             )
             self.log.debug(
                 "%s: negotiation incomplete after %.1fs%s",
-                self._peer(),
+                self.peer,
                 self.connect_maxwait,
                 f" (unanswered: {pending})" if pending else "",
             )
@@ -364,9 +379,9 @@ class BaseServer(asyncio.Protocol):
             elif kind is Command:
                 self.on_command(event.cmd)
             elif kind is ProtocolError:
-                self.log.warning("%s: %s", self._peer(), event.reason)
-        self._flush()
-        if not self._waiter_connected.done() and not self._closed:
+                self.log.warning("%s: %s", self.peer, event.reason)
+        self.flush()
+        if not self._waiter_connected.done() and not self.closed:
             self._negotiation_progress()
 
     def on_option_enabled(self, option: int, local: bool) -> None:
@@ -377,17 +392,17 @@ class BaseServer(asyncio.Protocol):
 
     def on_subnegotiation(self, option: int, payload: bytes) -> None:
         """A complete subnegotiation arrived. For subclasses."""
-        self.log.debug("%s: ignored subnegotiation of %s", self._peer(), name_option(option))
+        self.log.debug("%s: ignored subnegotiation of %s", self.peer, name_option(option))
 
     def on_command(self, cmd: int) -> None:
         """A two-byte command (AYT, IP, GA, ...) arrived. For subclasses."""
-        self.log.debug("%s: received IAC %s", self._peer(), name_command(cmd))
+        self.log.debug("%s: received IAC %s", self.peer, name_command(cmd))
 
     # ------------------------------------------------------------------ shell
 
     def begin_shell(self, future: asyncio.Future[Any]) -> None:
         """Start the shell once negotiation is over (a done callback)."""
-        if future.cancelled() or self._closed or self.shell is None:
+        if future.cancelled() or self.closed or self.shell is None:
             return
         result = self.shell(self.reader, self.writer)
         if asyncio.iscoroutine(result):
@@ -397,12 +412,12 @@ class BaseServer(asyncio.Protocol):
     def _shell_done(self, task: asyncio.Task[Any]) -> None:
         if not task.cancelled():
             exc = task.exception()
-            if isinstance(exc, ConnectionError) and self._closed:
+            if isinstance(exc, ConnectionError) and self.closed:
                 # the peer went away mid-read or mid-drain: routine, not a shell bug
-                self.log.debug("%s: shell ended by lost connection: %s", self._peer(), exc)
+                self.log.debug("%s: shell ended by lost connection: %s", self.peer, exc)
             elif exc is not None:
                 self.log.error(
-                    "%s: shell failed: %s: %s", self._peer(), type(exc).__name__, exc,
+                    "%s: shell failed: %s: %s", self.peer, type(exc).__name__, exc,
                     exc_info=exc,
                 )
         if self._transport is not None and not self._transport.is_closing():

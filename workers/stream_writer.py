@@ -57,7 +57,7 @@ class TelnetWriter:
         if IAC_BYTE in data:
             data = escape(data)
         protocol = self._protocol  # BaseServer._send, inlined: this is the hot path
-        if not protocol._closed:
+        if not protocol.closed:
             protocol.tx_bytes += len(data)
             self._transport.write(data)
 
@@ -67,12 +67,12 @@ class TelnetWriter:
 
     def echo(self, data: str | bytes) -> None:
         """Write ``data`` only if we agreed to echo the client's input (WILL ECHO)."""
-        if self._protocol._engine.local_enabled(ECHO):
+        if self._protocol.engine.local_enabled(ECHO):
             self.write(data)
 
     def send_ga(self) -> bool:
         """Send IAC GA after a prompt unless SGA is on; return whether it was sent."""
-        if self._protocol._engine.local_enabled(SGA):
+        if self._protocol.engine.local_enabled(SGA):
             return False
         return self.iac(GA)
 
@@ -82,7 +82,7 @@ class TelnetWriter:
         Returns False when nothing was sent, such as a WILL for an option that
         is already on or being negotiated.
         """
-        engine = self._protocol._engine
+        engine = self._protocol.engine
         if cmd in (WILL, WONT, DO, DONT):
             if opt is None:
                 raise ValueError("WILL, WONT, DO and DONT need an option")
@@ -93,15 +93,15 @@ class TelnetWriter:
         else:
             engine.send_command(cmd)
             sent = True
-        self._protocol._flush()
+        self._protocol.flush()
         return sent
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""
         protocol = self._protocol
         # the usual case, checked here: no second coroutine per call on the hot path
-        if protocol._write_paused or protocol._closed:
-            await protocol._drain_helper()
+        if protocol.writing_paused or protocol.closed:
+            await protocol.wait_writable()
 
     def close(self) -> None:
         self._transport.close()

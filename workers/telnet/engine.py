@@ -37,8 +37,9 @@ from workers.telnet.telopt import (
 
 DEFAULT_SB_LIMIT = 8192
 
-# Parser states.
-_DATA = 0
+# Parser states. ``parser_state == DATA`` (between sequences) is public: a
+# caller may then hand a chunk without IAC straight on, as receive() would.
+DATA = 0
 _IAC = 1  # saw IAC between sequences
 _OPT = 2  # saw IAC WILL/WONT/DO/DONT, want the option byte
 _SB_OPT = 3  # saw IAC SB, want the option byte
@@ -145,8 +146,8 @@ class TelnetEngine:
         "_sb",
         "_sb_opt",
         "_sb_overflow",
-        "_state",
         "events",
+        "parser_state",
         "role",
         "sb_limit",
     )
@@ -169,7 +170,7 @@ class TelnetEngine:
         self._out = bytearray()
         self._local = _Side(accept_local)
         self._remote = _Side(accept_remote)
-        self._state = _DATA
+        self.parser_state = DATA
         self._opt_verb = 0
         self._sb = bytearray()
         self._sb_opt = 0
@@ -183,7 +184,7 @@ class TelnetEngine:
         Events are appended to ``self.events`` and replies to the output
         buffer (see :meth:`data_to_send`).
         """
-        if self._state == _DATA and IAC_BYTE not in data:
+        if self.parser_state == DATA and IAC_BYTE not in data:
             return data
         return self._receive_sequences(data)
 
@@ -192,8 +193,8 @@ class TelnetEngine:
         pos = 0
         end = len(data)
         while pos < end:
-            state = self._state
-            if state == _DATA:
+            state = self.parser_state
+            if state == DATA:
                 i = data.find(IAC_BYTE, pos)
                 if i < 0:
                     inband.append(data[pos:])
@@ -206,7 +207,7 @@ class TelnetEngine:
                 if i > pos:
                     inband.append(data[pos:i])
                 pos = i + 1
-                self._state = _IAC
+                self.parser_state = _IAC
             elif state == _SB:
                 i = data.find(IAC_BYTE, pos)
                 stop = end if i < 0 else i
@@ -214,24 +215,24 @@ class TelnetEngine:
                 if i < 0:
                     break
                 pos = i + 1
-                self._state = _SB_IAC
+                self.parser_state = _SB_IAC
             else:
                 byte = data[pos]
                 pos += 1
                 if state == _IAC:
                     if byte == IAC:
                         inband.append(IAC_BYTE)
-                        self._state = _DATA
+                        self.parser_state = DATA
                     else:
                         self._after_iac(byte)
                 elif state == _OPT:
-                    self._state = _DATA
+                    self.parser_state = DATA
                     self._negotiate(self._opt_verb, byte)
                 elif state == _SB_OPT:
                     self._sb_opt = byte
                     self._sb.clear()
                     self._sb_overflow = False
-                    self._state = _SB
+                    self.parser_state = _SB
                 else:  # _SB_IAC
                     self._after_sb_iac(byte)
         return b"".join(inband)
@@ -239,22 +240,22 @@ class TelnetEngine:
     def _after_iac(self, byte: int) -> None:
         if byte in (WILL, WONT, DO, DONT):
             self._opt_verb = byte
-            self._state = _OPT
+            self.parser_state = _OPT
         elif byte == SB:
-            self._state = _SB_OPT
+            self.parser_state = _SB_OPT
         elif byte in _COMMANDS:
-            self._state = _DATA
+            self.parser_state = DATA
             self.events.append(Command(byte))
         else:
-            self._state = _DATA
+            self.parser_state = DATA
             self.events.append(ProtocolError(f"IAC followed by non-command byte {byte}"))
 
     def _after_sb_iac(self, byte: int) -> None:
         if byte == IAC:
             self._sb_append(IAC_BYTE, 0, 1)
-            self._state = _SB
+            self.parser_state = _SB
         elif byte == SE:
-            self._state = _DATA
+            self.parser_state = DATA
             opt = self._sb_opt
             if self._sb_overflow:
                 self.events.append(
