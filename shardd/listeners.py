@@ -6,7 +6,6 @@ import resource
 import socket
 import struct
 
-from workers.serve import bind
 
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss,
 # rcv_mss, unacked, sacked. On a listening socket unacked is the accept-queue
@@ -14,6 +13,24 @@ from workers.serve import bind
 _TCPI_UNACKED = struct.Struct("=II")
 _TCPI_UNACKED_OFFSET = 8 + 4 * 4
 _TCP_INFO_SIZE = 104
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket; OSError says why not."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _type, proto, _name, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def bind_shard(host: str, port: int, backlog: int) -> socket.socket:

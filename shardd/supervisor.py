@@ -29,7 +29,7 @@ import psutil
 from shardd import control, listeners, logs
 from shardd.config import ServeConfig
 from workers import ipc
-from workers.serve import SessionOptions, Sessions
+from workers.serving import SessionOptions
 from workers.worker import WorkerSettings, run_worker
 
 log = logging.getLogger("shardd.supervisor")
@@ -282,7 +282,7 @@ class Supervisor:
                 backlog=self.cfg.backlog,
                 reopen_logs=logs.reopen,
             )
-            run_worker(settings, shard.sock, theirs, Sessions(self.opts))
+            run_worker(settings, shard.sock, theirs, self.opts)
         theirs.close()
         ours.setblocking(False)
         now = time.monotonic()

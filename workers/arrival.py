@@ -1,0 +1,167 @@
+"""A new connection on its way to a telnet session: admission, then stages.
+
+Every accepted connection takes the same path, in this order:
+
+1. **Admission** (``Server.admit``): one synchronous check that decides
+   whether the connection is served at all. It returns ``None`` to let the
+   connection in, or a :class:`Refusal` whose message is written to the
+   client before it is closed; refusals are counted by reason.
+2. **Stages** (``Server.stages``): work that must happen on the connection
+   before the telnet engine sees a byte of it, such as a TLS handshake or a
+   PROXY protocol header. A stage is ``async def stage(arrival)``; it may read
+   what the client sent (:meth:`Arrival.read`), put back what is not its own
+   (:meth:`Arrival.unread`), replace the transport (TLS does), or close the
+   connection. Stages run one after the other.
+3. The telnet session: a protocol instance from the server's ``Sessions``
+   takes the transport over, and gets whatever the stages left unread.
+
+A server with neither admission nor stages skips all this: its protocol
+factory builds the session directly, so the plain path costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple, cast
+
+if TYPE_CHECKING:
+    from workers.serving import Server
+
+log = logging.getLogger("shardd.arrival")
+
+# What a client may send before its session starts is held here, at most
+# this much; past it, reading pauses until a stage takes some.
+MAX_ARRIVAL_BUFFER = 64 * 1024
+
+
+class Refusal(NamedTuple):
+    """Why a connection is not served: a reason to count, a line for the client."""
+
+    reason: str
+    message: str
+
+
+Admission = Callable[["Arrival"], Refusal | None]
+Stage = Callable[["Arrival"], Awaitable[None]]
+
+
+class Arrival(asyncio.Protocol):
+    """The protocol of a connection until its telnet session takes over."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peername: object = None
+        self._buffer = bytearray()
+        self._eof = False
+        self._lost = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not registered subclasses: isinstance would fail
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.peername = transport.get_extra_info("peername")
+        server = self.server
+        if server.admit is not None:
+            refusal = server.admit(self)
+            if refusal is not None:
+                server.refused[refusal.reason] += 1
+                transport.write(refusal.message.encode("utf-8", "replace"))
+                transport.close()
+                return
+        if not server.stages:
+            self._hand_over()
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run_stages())
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > MAX_ARRIVAL_BUFFER and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return True  # the session, or the end of the stages, decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------- for stages
+
+    @property
+    def peer(self) -> str:
+        """The client's address as ``host:port``, for log lines."""
+        peer = self.peername
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return f"{peer[0]}:{peer[1]}"
+        return str(peer)
+
+    async def read(self) -> bytes:
+        """What the client has sent and no stage took yet; ``b""`` at EOF."""
+        while not self._buffer and not (self._eof or self._lost):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._paused and self.transport is not None and not self._lost:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes a stage read but does not own: the next reader gets them first."""
+        self._buffer[:0] = data
+
+    # --------------------------------------------------------------- handover
+
+    async def _run_stages(self) -> None:
+        try:
+            for stage in self.server.stages:
+                await stage(self)
+                if self._lost or self.transport is None or self.transport.is_closing():
+                    return
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            log.warning("%s: connection dropped before its session: %s: %s",
+                        self.peer, type(exc).__name__, exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        session = self.server.sessions.new()
+        transport.set_protocol(session)
+        session.connection_made(transport)
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            session.data_received(data)
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if self._eof and not transport.is_closing():
+            session.eof_received()

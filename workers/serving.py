@@ -1,0 +1,237 @@
+"""Serving telnet sessions on one listening socket, in one event loop.
+
+:class:`Server` is the one serving path: a supervised worker runs it on its
+shard's socket, with a channel to the supervisor; development mode
+(``shardd serve --workers 0``) runs it in the ``shardd`` process itself,
+with no channel. Either way it listens, admits, serves sessions until told
+to stop, then says goodbye and closes them.
+
+Where new kinds of work plug in (see ``docs/ARCHITECTURE.md``):
+
+- ``Server.admit``: whether a new connection is served at all;
+- ``Server.stages``: work on a connection before its telnet engine sees it
+  (TLS, PROXY protocol), see :mod:`workers.arrival`;
+- ``SessionOptions``: how each session's protocol instance is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import uvloop
+
+from workers.arrival import Admission, Arrival, Stage
+from workers.server import TelnetServer
+from workers.server_base import BaseServer
+
+log = logging.getLogger("shardd.serving")
+
+GOODBYE = "\r\nThe server is shutting down. Goodbye.\r\n"
+
+#: How a server stops: ``stop`` says goodbye and closes every session,
+#: ``drain`` lets sessions end on their own (until the graceful timeout),
+#: ``quit`` drops them at once.
+StopMode = Literal["stop", "drain", "quit"]
+
+
+@dataclass
+class SessionOptions:
+    """What every protocol instance of a server is built with."""
+
+    shell: Callable[..., Any] | None
+    protocol: type[BaseServer] = TelnetServer
+    encoding: str | bool = "utf8"
+    encoding_errors: str = "strict"
+    force_binary: bool = False
+    connect_maxwait: float = 4.0
+    limit: int | None = None
+
+
+class Sessions:
+    """The live sessions of one server, and the factory that creates them.
+
+    Each session gets an id unique within the process; ``on_close`` (if set)
+    is called with the id when its connection is gone.
+    """
+
+    def __init__(self, opts: SessionOptions, shared_extra: dict[str, Any] | None = None) -> None:
+        self.opts = opts
+        self.shared_extra = shared_extra or {}
+        self.live: dict[BaseServer, int] = {}
+        self.accepted = 0
+        self.on_close: Callable[[int], None] | None = None
+
+    def new(self) -> BaseServer:
+        """A protocol instance for a connection being served, registered as live."""
+        opts = self.opts
+        protocol = opts.protocol(
+            shell=opts.shell,
+            encoding=opts.encoding,
+            encoding_errors=opts.encoding_errors,
+            force_binary=opts.force_binary,
+            connect_maxwait=opts.connect_maxwait,
+            limit=opts.limit,
+        )
+        if self.shared_extra:
+            protocol.shared_extra = self.shared_extra
+        self.accepted += 1
+        self.live[protocol] = self.accepted
+        protocol._waiter_closed.add_done_callback(self._closed)
+        return protocol
+
+    def _closed(self, waiter: asyncio.Future[Any]) -> None:
+        # _waiter_closed's result is the protocol itself (or it was cancelled)
+        if waiter.cancelled():
+            return
+        session_id = self.live.pop(waiter.result(), None)
+        if session_id is not None and self.on_close is not None:
+            self.on_close(session_id)
+
+    def say_goodbye(self, message: str = GOODBYE) -> None:
+        for protocol in list(self.live):
+            writer = protocol.writer
+            if writer is not None and not writer.is_closing():
+                data = message if writer.encoding is not None else message.encode("ascii")
+                try:
+                    writer.write(data)
+                except (UnicodeEncodeError, RuntimeError):
+                    pass
+
+    def close_all(self) -> None:
+        """Close every session's connection; a closing transport still sends what it holds."""
+        for protocol in list(self.live):
+            if protocol._transport is not None:
+                protocol._transport.close()
+
+    def abort_all(self) -> None:
+        for protocol in list(self.live):
+            if protocol._transport is not None:
+                protocol._transport.abort()
+
+    async def wait_empty(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.live and loop.time() < deadline:
+            waiters = [p._waiter_closed for p in self.live]
+            await asyncio.wait(waiters, timeout=max(0.0, deadline - loop.time()))
+        return not self.live
+
+
+class Channel(Protocol):
+    """What a server tells whoever supervises it (a worker's supervisor channel)."""
+
+    async def open(self, server: Server) -> None:
+        """Connect; called before the server listens."""
+
+    def serving(self) -> None:
+        """The server accepts connections now."""
+
+    def stopping(self, mode: StopMode, sessions: int) -> None:
+        """The server stopped accepting and winds its sessions down."""
+
+    def close(self) -> None:
+        """The server is done."""
+
+
+class Server:
+    """Listens on ``sock`` and serves telnet sessions until told to stop."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        opts: SessionOptions,
+        *,
+        backlog: int = 4096,
+        graceful_timeout: float = 10.0,
+        shared_extra: dict[str, Any] | None = None,
+        name: str = "",
+    ) -> None:
+        self.sock = sock
+        self.sessions = Sessions(opts, shared_extra)
+        self.backlog = backlog
+        self.graceful_timeout = graceful_timeout
+        self.name = name  # for log lines: "shard 3: ..."
+        #: the admission check and the stages every new connection goes through
+        self.admit: Admission | None = None
+        self.stages: list[Stage] = []
+        #: connections not served, by reason
+        self.refused: Counter[str] = Counter()
+        self._listener: asyncio.AbstractServer | None = None
+        self._stop_mode: asyncio.Future[StopMode] | None = None
+
+    def _new_connection(self) -> asyncio.Protocol:
+        if self.admit is None and not self.stages:
+            return self.sessions.new()
+        return Arrival(self)
+
+    async def serve(
+        self, signals: Mapping[int, StopMode], channel: Channel | None = None
+    ) -> StopMode:
+        """Serve until a signal in ``signals`` or :meth:`stop`; wind down; return how."""
+        loop = asyncio.get_running_loop()
+        self._stop_mode = loop.create_future()
+        for signum, mode in signals.items():
+            loop.add_signal_handler(signum, self.stop, mode)
+        try:
+            if channel is not None:
+                await channel.open(self)
+            # create_server listens again on the socket: without backlog= it
+            # would shrink the accept queue to asyncio's default of 100
+            self._listener = await loop.create_server(
+                self._new_connection, sock=self.sock, backlog=self.backlog
+            )
+            if channel is not None:
+                channel.serving()
+            mode = await self._stop_mode
+            # closes only this process's copy of the socket: a supervisor keeps its own
+            self._listener.close()
+            if channel is not None:
+                channel.stopping(mode, len(self.sessions.live))
+            await self._wind_down(mode)
+            if channel is not None:
+                channel.close()
+            return mode
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+    def stop(self, mode: StopMode = "stop") -> None:
+        """Ask the server to stop; the first request wins."""
+        if self._stop_mode is not None and not self._stop_mode.done():
+            self._stop_mode.set_result(mode)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_mode is not None and self._stop_mode.done()
+
+    async def _wind_down(self, mode: StopMode) -> None:
+        sessions = self.sessions
+        if mode == "drain":
+            # old worker of a rolling restart: sessions end on their own time
+            if await sessions.wait_empty(self.graceful_timeout):
+                return
+            sessions.say_goodbye()
+            sessions.close_all()
+            await sessions.wait_empty(1.0)
+        elif mode == "stop":
+            sessions.say_goodbye()
+            sessions.close_all()
+            await sessions.wait_empty(self.graceful_timeout)
+        else:
+            sessions.abort_all()
+
+
+def run_single_process(
+    sock: socket.socket, opts: SessionOptions, graceful_timeout: float, backlog: int = 4096
+) -> None:
+    """Development mode: a server in this process, on a fresh uvloop loop, no supervisor."""
+    server = Server(sock, opts, backlog=backlog, graceful_timeout=graceful_timeout)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(server.serve({signal.SIGTERM: "stop", signal.SIGINT: "stop"}))
