@@ -132,16 +132,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _session_options(cfg: ServeConfig) -> Any:
-    from workers import shells
-    from workers.serve import SessionOptions
+    from workers import loader, shells
     from workers.server_base import BaseServer
+    from workers.serving import SessionOptions
 
     try:
         shell = shells.resolve(cfg.shell)
     except ValueError as exc:
         raise ConfigError("shell", str(exc)) from None
     try:
-        protocol = shells.resolve_object(cfg.protocol, {}, "protocol")
+        protocol = loader.load(cfg.protocol, {}, "protocol")
     except ValueError as exc:
         raise ConfigError("protocol", str(exc)) from None
     if not (isinstance(protocol, type) and issubclass(protocol, BaseServer)):
@@ -154,7 +154,8 @@ def _session_options(cfg: ServeConfig) -> Any:
 
 
 def _serve_single(cfg: ServeConfig, opts: Any) -> int:
-    from workers.serve import bind, run_single_process
+    from shardd.listeners import bind
+    from workers.serving import run_single_process
 
     log = logging.getLogger("shardd")
     try:

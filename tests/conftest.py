@@ -72,16 +72,18 @@ def read_until(sock: socket.socket, marker: bytes, got: bytearray,
 class ServerProcess:
     """A ``shardd serve`` subprocess on loopback, its stderr collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, cwd: Path = ROOT, console_script: bool = False) -> None:
+        """``console_script``: run the installed ``shardd`` command, not ``python -m shardd``."""
         self.args = list(args)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         if "--workers" not in args:
             args = ("--workers", "0", *args)
+        command = [str(Path(sys.executable).parent / "shardd")] if console_script \
+            else [sys.executable, "-m", "shardd"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardd", "serve", "--host", "127.0.0.1", "--port", "0",
-             *args],
-            cwd=ROOT,
+            [*command, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -141,8 +143,8 @@ def serve() -> Iterator[Callable[..., ServerProcess]]:
     """Start ``shardd serve`` with the given extra arguments; stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(*args)
+    def start(*args: str, **options: Any) -> ServerProcess:
+        server = ServerProcess(*args, **options)
         started.append(server)
         return server
 
@@ -169,3 +171,4 @@ async def harness() -> AsyncIterator[Any]:
     h = Harness()
     yield h
     await h.aclose()
+

@@ -6,11 +6,11 @@ when negotiation ends and the session closes when it returns.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable
 from typing import Any
 
+from workers import loader
 from workers.stream_reader import TelnetReader
 from workers.stream_writer import TelnetWriter
 
@@ -126,26 +126,5 @@ BUILTIN_SHELLS: dict[str, Callable[..., Any]] = {"echo": echo, "welcome": welcom
 
 def resolve(spec: str) -> Callable[..., Any]:
     """A shell from a built-in name or ``module:callable``; ValueError says why not."""
-    return resolve_object(spec, BUILTIN_SHELLS, "shell")
-
-
-def resolve_object(spec: str, builtins: dict[str, Any], what: str) -> Any:
-    if spec in builtins:
-        return builtins[spec]
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        names = "|".join(builtins)
-        raise ValueError(f"{what} must be one of {names} or module:callable, not {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{what} {spec!r}: cannot import {module_name!r}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueError(f"{what} {spec!r}: {module_name!r} has no {attr!r}") from None
-    if not callable(obj):
-        raise ValueError(f"{what} {spec!r} is not callable")
-    return obj
+    shell: Callable[..., Any] = loader.load(spec, BUILTIN_SHELLS, "shell")
+    return shell
