@@ -173,8 +173,8 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
 
 
 def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
-    from shardd import privileges
-    from shardd.supervisor import Supervisor, remove_pidfile, write_pidfile
+    from shardd import pidfile, privileges
+    from shardd.supervisor import Supervisor
     from workers.telnet.options import preload_codecs
 
     supervisor = Supervisor(cfg, opts)
@@ -187,7 +187,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     try:
         supervisor.bind_control()
         if cfg.pidfile:
-            write_pidfile(cfg.pidfile)
+            pidfile.write(cfg.pidfile)
         preload_codecs(cfg.encoding)
         control_files = [supervisor.control.directory, supervisor.control.path] \
             if supervisor.control else []
@@ -202,7 +202,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         return supervisor.run()
     finally:
         if cfg.pidfile:
-            remove_pidfile(cfg.pidfile)
+            pidfile.remove(cfg.pidfile)
 
 
 # ---------------------------------------------------------------- operator

@@ -5,6 +5,10 @@ Requests are maps with a ``cmd`` key (``status``, ``reload``, ``stop``,
 result or an ``error``. Only the owning uid and root may talk to it
 (SO_PEERCRED), and the socket file is mode 0600. A bad request gets an error
 reply; nothing a client sends can stop the supervisor.
+
+The server side runs on the supervisor's selector and reaches the
+supervisor only through :class:`ControlHandlers` (as gunicorn's
+``ctl/handlers.py``): see :mod:`shardd.control_handlers`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,10 @@ import selectors
 import socket
 import stat
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgpack
-
-if TYPE_CHECKING:
-    from shardd.supervisor import Supervisor
 
 log = logging.getLogger("shardd.control")
 
@@ -44,6 +46,22 @@ class ControlError(RuntimeError):
     """No server answered, or it refused the request."""
 
 
+Reply = Callable[[dict[str, Any]], None]
+
+
+class ControlHandlers(Protocol):
+    """What an operator may ask of the server; each returns (or passes) the reply's fields."""
+
+    def status(self, reply: Reply) -> None:
+        """Answer with the status fields, once workers have sent fresh reports."""
+
+    def reload(self) -> dict[str, Any]: ...
+
+    def stop(self) -> dict[str, Any]: ...
+
+    def workers(self, delta: int) -> dict[str, Any]: ...
+
+
 # ---------------------------------------------------------------- server side
 
 class _Client:
@@ -57,10 +75,18 @@ class _Client:
 class ControlServer:
     """The listening control socket, served from the supervisor's select loop."""
 
-    def __init__(self, path: str, supervisor: Supervisor, *, own_directory: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        handlers: ControlHandlers,
+        selector: selectors.BaseSelector,
+        *,
+        own_directory: bool = False,
+    ) -> None:
         self.path = path
         self.own_directory = own_directory  # the per-port default: removed with the socket
-        self.supervisor = supervisor
+        self.handlers = handlers
+        self.selector = selector
         directory = os.path.dirname(path) or "."
         # the parent must stay traversable for a server that drops root; the
         # directory itself and the socket are private
@@ -82,6 +108,7 @@ class ControlServer:
         sock.setblocking(False)
         self.sock = sock
         self.clients: dict[socket.socket, _Client] = {}
+        selector.register(sock, selectors.EVENT_READ, self.accept)
 
     def _remove_stale(self) -> None:
         """Remove a socket file left by a dead server; refuse if one is alive."""
@@ -114,7 +141,7 @@ class ControlServer:
             return
         client = _Client(conn)
         self.clients[conn] = client
-        self.supervisor.selector.register(conn, selectors.EVENT_READ, self._io(client))
+        self.selector.register(conn, selectors.EVENT_READ, self._io(client))
 
     def _io(self, client: _Client) -> Any:
         def on_event(_key: Any, mask: int) -> None:
@@ -157,23 +184,24 @@ class ControlServer:
             self._reply(client, {"ok": False, "error": "a request is a map with a 'cmd'"})
             return
         cmd = request["cmd"]
-        sup = self.supervisor
+        handlers = self.handlers
+
+        def ok(fields: dict[str, Any]) -> None:
+            self._reply(client, {"ok": True, **fields})
+
         if cmd == "status":
-            sup.request_status(lambda: self._reply(client, {"ok": True, **sup.status()}))
+            handlers.status(ok)
         elif cmd == "reload":
-            sup.begin_reload()
-            self._reply(client, {"ok": True, "message": "rolling restart begun"})
+            ok(handlers.reload())
         elif cmd == "stop":
-            sup.begin_stop("graceful", "control request")
-            self._reply(client, {"ok": True, "message": "graceful stop begun"})
+            ok(handlers.stop())
         elif cmd == "workers":
             delta = request.get("delta")
             if not isinstance(delta, int) or isinstance(delta, bool) or not -64 <= delta <= 64:
                 self._reply(client, {"ok": False, "error": "delta must be a whole number "
                                                             "from -64 to 64"})
                 return
-            count = sup.change_workers(delta)
-            self._reply(client, {"ok": True, "workers": count})
+            ok(handlers.workers(delta))
         else:
             self._reply(client, {"ok": False, "error": f"unknown command {cmd!r}"})
 
@@ -182,7 +210,7 @@ class ControlServer:
             return
         client.replied = True
         client.outbox += msgpack.packb(reply, use_bin_type=True)
-        self.supervisor.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+        self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
                                         self._io(client))
         self._write(client)
 
@@ -202,7 +230,7 @@ class ControlServer:
         if self.clients.pop(client.sock, None) is None:
             return
         try:
-            self.supervisor.selector.unregister(client.sock)
+            self.selector.unregister(client.sock)
         except (KeyError, ValueError):
             pass
         client.sock.close()
@@ -215,6 +243,10 @@ class ControlServer:
     def close(self) -> None:
         for client in list(self.clients.values()):
             self._drop(client)
+        try:
+            self.selector.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
         self.sock.close()
         try:
             os.unlink(self.path)

@@ -6,7 +6,6 @@ import resource
 import socket
 import struct
 
-
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then u32 rto, ato, snd_mss,
 # rcv_mss, unacked, sacked. On a listening socket unacked is the accept-queue
 # length and sacked the backlog.

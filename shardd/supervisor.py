@@ -12,7 +12,6 @@ connections waiting in its accept queue survive a worker's death.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
@@ -28,6 +27,7 @@ import psutil
 
 from shardd import control, listeners, logs
 from shardd.config import ServeConfig
+from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
 from workers.serving import SessionOptions
 from workers.worker import WorkerSettings, run_worker
@@ -125,7 +125,8 @@ class Supervisor:
     def bind_control(self) -> None:
         """Create the control socket, at a path derived from the port unless given."""
         path = self.cfg.control or control.default_path(self.port)
-        self.control = control.ControlServer(path, self, own_directory=not self.cfg.control)
+        self.control = control.ControlServer(path, SupervisorHandlers(self), self.selector,
+                                             own_directory=not self.cfg.control)
 
     def _add_shard_socket(self, index: int) -> Shard:
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
@@ -138,7 +139,6 @@ class Supervisor:
         """The supervisor's life; returns the exit status."""
         self._install_signals()
         assert self.control is not None
-        self.selector.register(self.control.sock, selectors.EVENT_READ, self.control.accept)
         host = self.cfg.host
         log.info("serving telnet on %s:%d (supervisor %d, %d workers, control %s)",
                  host, self.port, os.getpid(), len(self.shards), self.control.path)
@@ -243,12 +243,16 @@ class Supervisor:
             log.info("shard %d added", shard.index)
             self._spawn(shard)
         for _ in range(-delta):
-            active = [s for s in self.shards if not s.removing]
+            active = self.active_shards()
             if len(active) <= 1:
                 log.warning("not removing the last shard")
                 break
             self._remove_shard(active[-1])
-        return len([s for s in self.shards if not s.removing])
+        return len(self.active_shards())
+
+    def active_shards(self) -> list[Shard]:
+        """The shards being served: not those being removed."""
+        return [s for s in self.shards if not s.removing]
 
     def _remove_shard(self, shard: Shard) -> None:
         shard.removing = True
@@ -375,7 +379,7 @@ class Supervisor:
         if handle.state != "starting":
             return
         handle.state = "serving"
-        shard = self._shard(handle.shard)
+        shard = self.shard(handle.shard)
         if self.stopping:
             self._send(handle, ipc.STOP)
             handle.state = "stopping"
@@ -402,7 +406,7 @@ class Supervisor:
         except ProcessLookupError:
             pass
 
-    def _shard(self, index: int) -> Shard | None:
+    def shard(self, index: int) -> Shard | None:
         for shard in self.shards:
             if shard.index == index:
                 return shard
@@ -433,7 +437,7 @@ class Supervisor:
             self._worker_died(handle, _describe_exit(status))
 
     def _worker_died(self, handle: WorkerHandle, how: str) -> None:
-        shard = self._shard(handle.shard)
+        shard = self.shard(handle.shard)
         expected = self.stopping or handle.state in ("draining", "stopping")
         level = logging.INFO if expected else logging.ERROR
         log.log(level, "shard %d: worker %d %s", handle.shard, handle.pid, how)
@@ -495,7 +499,7 @@ class Supervisor:
         if self.rolling_new is not None or not self.rolling:
             return
         index = self.rolling.popleft()
-        shard = self._shard(index)
+        shard = self.shard(index)
         if shard is None or shard.removing:
             return
         log.info("shard %d: rolling restart, starting a new worker", index)
@@ -559,72 +563,6 @@ class Supervisor:
                 keep.append((deadline, answer))
         self.status_waiters = keep
 
-    def status(self) -> dict[str, Any]:
-        """The whole picture, in the field names ``shardd status --json`` shows."""
-        now = time.monotonic()
-        workers = []
-        connections = []
-        for handle in sorted(self.workers.values(), key=lambda h: (h.shard, h.started_at)):
-            shard = self._shard(handle.shard)
-            cpu = rss = None
-            if handle.process is not None:
-                try:
-                    with handle.process.oneshot():
-                        cpu = handle.process.cpu_percent(None)
-                        rss = handle.process.memory_info().rss
-                except psutil.Error:
-                    pass
-            workers.append({
-                "shard": handle.shard,
-                "pid": handle.pid,
-                "state": handle.state,
-                "restarts": shard.restarts if shard is not None else 0,
-                "connections": len(handle.sessions),
-                "accepted": handle.accepted,
-                "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
-                "cpu_percent": cpu,
-                "rss_bytes": rss,
-                "last_report_age": None if handle.last_report is None
-                else round(now - handle.last_report, 3),
-            })
-            for session_id, (peer, connected_at, entry) in handle.sessions.items():
-                connections.append(_connection(handle, session_id, peer, connected_at,
-                                               entry, now))
-        return {
-            "supervisor": {
-                "pid": os.getpid(),
-                "uptime": round(now - self.started, 3),
-                "listen": [f"{self.cfg.host}:{self.port}"],
-                "workers": len([s for s in self.shards if not s.removing]),
-                "control": self.control.path if self.control else None,
-                "stopping": self.stopping,
-            },
-            "workers": workers,
-            "connections": connections,
-        }
-
-
-def _connection(handle: WorkerHandle, session_id: int, peer: str, connected_at: float,
-                entry: list[Any] | None, now: float) -> dict[str, Any]:
-    if entry is None:  # announced, not yet reported
-        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, ""]
-    _id, rx, tx, last_received, state, term, cols, rows, encoding = entry
-    return {
-        "shard": handle.shard,
-        "worker_pid": handle.pid,
-        "id": session_id,
-        "peer": peer,
-        "duration": round(max(0.0, now - connected_at), 3),
-        "idle": round(max(0.0, now - last_received), 3),
-        "rx_bytes": rx,
-        "tx_bytes": tx,
-        "term": term,
-        "cols": cols,
-        "rows": rows,
-        "encoding": encoding,
-        "state": state,
-    }
-
 
 def _describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
@@ -636,21 +574,3 @@ def _describe_exit(status: int) -> str:
         return f"killed by signal {signum} ({name})"
     code = os.WEXITSTATUS(status)
     return "exited normally" if code == 0 else f"exited with status {code}"
-
-
-def write_pidfile(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def remove_pidfile(path: str) -> None:
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            log.warning("cannot remove pidfile %s: %s", path, exc.strerror)

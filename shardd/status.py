@@ -1,0 +1,87 @@
+"""What ``shardd status`` answers: the supervisor's view of its workers and sessions.
+
+Built from what workers reported over their channels (every session's
+counters and attributes, as ``workers.ipc`` defines them) plus what the
+supervisor reads itself: each worker's CPU and memory (psutil) and each
+shard's accept queue (TCP_INFO). The field names are those of
+``shardd status --json``; :mod:`shardd.status_view` renders them for people.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from shardd import listeners
+
+if TYPE_CHECKING:
+    from shardd.supervisor import Supervisor, WorkerHandle
+
+
+def collect(sup: Supervisor) -> dict[str, Any]:
+    """The whole picture, in the field names ``shardd status --json`` shows."""
+    now = time.monotonic()
+    workers = []
+    connections = []
+    for handle in sorted(sup.workers.values(), key=lambda h: (h.shard, h.started_at)):
+        shard = sup.shard(handle.shard)
+        cpu = rss = None
+        if handle.process is not None:
+            try:
+                with handle.process.oneshot():
+                    cpu = handle.process.cpu_percent(None)
+                    rss = handle.process.memory_info().rss
+            except psutil.Error:
+                pass
+        workers.append({
+            "shard": handle.shard,
+            "pid": handle.pid,
+            "state": handle.state,
+            "restarts": shard.restarts if shard is not None else 0,
+            "connections": len(handle.sessions),
+            "accepted": handle.accepted,
+            "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
+            "cpu_percent": cpu,
+            "rss_bytes": rss,
+            "last_report_age": None if handle.last_report is None
+            else round(now - handle.last_report, 3),
+        })
+        for session_id, (peer, connected_at, entry) in handle.sessions.items():
+            connections.append(_connection(handle, session_id, peer, connected_at, entry, now))
+    return {
+        "supervisor": {
+            "pid": os.getpid(),
+            "uptime": round(now - sup.started, 3),
+            "listen": [f"{sup.cfg.host}:{sup.port}"],
+            "workers": len(sup.active_shards()),
+            "control": sup.control.path if sup.control else None,
+            "stopping": sup.stopping,
+        },
+        "workers": workers,
+        "connections": connections,
+    }
+
+
+def _connection(handle: WorkerHandle, session_id: int, peer: str, connected_at: float,
+                entry: list[Any] | None, now: float) -> dict[str, Any]:
+    if entry is None:  # announced, not yet reported
+        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, ""]
+    _id, rx, tx, last_received, state, term, cols, rows, encoding = entry
+    return {
+        "shard": handle.shard,
+        "worker_pid": handle.pid,
+        "id": session_id,
+        "peer": peer,
+        "duration": round(max(0.0, now - connected_at), 3),
+        "idle": round(max(0.0, now - last_received), 3),
+        "rx_bytes": rx,
+        "tx_bytes": tx,
+        "term": term,
+        "cols": cols,
+        "rows": rows,
+        "encoding": encoding,
+        "state": state,
+    }
