@@ -995,3 +995,16 @@ async def test_telnet_server_answers_timing_mark(harness):
     await client.expect(cmd(DO, TTYPE))
     client.send(cmd(DO, TM))
     await client.expect(cmd(WILL, TM), timeout=5.0)
+
+
+async def test_malformed_subnegotiation_is_one_warning_naming_the_peer(harness, caplog):
+    proto, run, client = await _negotiated(harness, naws=(120, 40))
+    with caplog.at_level(logging.WARNING, logger="shardd.session"):
+        client.engine.send_subnegotiation(NAWS, b"\x00\x50\x00")  # 3 bytes, not 4
+        client._flush()
+        client.send(b"still here\r\n")
+        assert await asyncio.wait_for(run.reader.readline(), TIMEOUT) == "still here\r\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"{proto.peer}: bad NAWS subnegotiation"), warnings
+    assert proto.get_extra_info("cols") == 120  # the bad update changed nothing

@@ -215,7 +215,7 @@ class TelnetServer(BaseServer):
         try:
             handler(self, payload)
         except ValueError as exc:
-            self.log.warning("%s: bad %s subnegotiation: %s (%r)", self._peer(),
+            self.log.warning("%s: bad %s subnegotiation: %s (%r)", self.peer,
                              name_option(option), exc, payload[:64])
 
     def _on_ttype(self, payload: bytes) -> None:
