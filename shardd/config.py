@@ -17,7 +17,7 @@ import os
 import pwd
 import socket
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -38,7 +38,7 @@ LOG_FORMATS = ("text", "json")
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 6023
-    workers: int | None = None  # None: one per CPU
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     shell: str = "welcome"
     protocol: str = "workers.server:TelnetServer"
     encoding: str | bool = "utf8"
@@ -75,8 +75,6 @@ class ServeConfig:
     def _check(self) -> None:
         check_host(self.host)
         self.port = check_int("port", self.port, 0, 65535)
-        if self.workers is None:
-            self.workers = os.cpu_count() or 1
         self.workers = check_int("workers", self.workers, 0, 1024)
         self.shell = check_str("shell", self.shell)
         self.protocol = check_str("protocol", self.protocol)

@@ -265,7 +265,7 @@ def _peer_uid(conn: socket.socket) -> int | None:
     except OSError:
         return None
     _pid, uid, _gid = _UCRED.unpack(raw)
-    return uid
+    return int(uid)
 
 
 # ---------------------------------------------------------------- client side

@@ -46,7 +46,7 @@ def accept_queue(sock: socket.socket) -> int | None:
     if len(raw) < _TCPI_UNACKED_OFFSET + _TCPI_UNACKED.size:
         return None
     unacked, _backlog = _TCPI_UNACKED.unpack_from(raw, _TCPI_UNACKED_OFFSET)
-    return unacked
+    return int(unacked)
 
 
 def raise_fd_limit() -> int:

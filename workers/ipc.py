@@ -67,7 +67,8 @@ class FrameError(ValueError):
 
 def pack(kind: str, **fields: Any) -> bytes:
     fields["t"] = kind
-    return msgpack.packb(fields, use_bin_type=True)
+    frame: bytes = msgpack.packb(fields, use_bin_type=True)
+    return frame
 
 
 def check(message: Any) -> dict[str, Any]:

@@ -130,7 +130,7 @@ class TelnetServer(BaseServer):
                 return from_lang
         if self._charset:
             return self._charset
-        return self.default_encoding or "US-ASCII"  # type: ignore[return-value]
+        return super().encoding(outgoing, incoming)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """The protocol's own values, then the transport's, then NEW-ENVIRON variables."""
@@ -149,14 +149,14 @@ class TelnetServer(BaseServer):
         return value
 
     def _update_codecs(self) -> None:
-        if self.default_encoding is False or self.reader is None:
+        if self.default_encoding is False or self.reader is None or self.writer is None:
             return
         incoming = self.encoding(incoming=True)
         outgoing = self.encoding(outgoing=True)
         if incoming != self.reader.encoding:
             self.reader.set_encoding(incoming)
-        if outgoing != self.writer.encoding:  # type: ignore[union-attr]
-            self.writer.set_encoding(outgoing)  # type: ignore[union-attr]
+        if outgoing != self.writer.encoding:
+            self.writer.set_encoding(outgoing)
 
     # ----------------------------------------------------------------- events
 

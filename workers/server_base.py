@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
 from workers.stream_writer import TelnetWriter
@@ -21,7 +21,6 @@ from workers.telnet.engine import (
     Command,
     OptionDisabled,
     OptionEnabled,
-    ProtocolError,
     Subnegotiation,
     TelnetEngine,
 )
@@ -35,6 +34,11 @@ SHELL_GRACE_SECONDS = 1.0
 
 
 _NO_EXTRA: dict[str, Any] = {}
+
+
+def _named(encoding: str | bool | None) -> str:
+    """The encoding given to the initializer, or US-ASCII when it names none."""
+    return encoding if isinstance(encoding, str) and encoding else "US-ASCII"
 
 
 def _current_loop() -> asyncio.AbstractEventLoop:
@@ -119,24 +123,25 @@ class BaseServer(asyncio.Protocol):
         writer, then begins negotiation. Ensure super().connection_made(transport)
         is called when derived.
         """
-        self._transport = transport  # type: ignore[assignment]
+        # uvloop's transports are not registered subclasses of asyncio's
+        self._transport = cast(asyncio.Transport, transport)
         self._when_connected = self._last_received = _monotonic()
         try:
-            self._start_session(transport)
+            self._start_session(self._transport)
         except Exception as exc:
             # a half-made session would hang its client forever: drop it
             self.log.error("%s: cannot start session: %s: %s", self.peer,
                            type(exc).__name__, exc, exc_info=exc)
-            transport.abort()  # type: ignore[attr-defined]
+            self._transport.abort()
 
-    def _start_session(self, transport: asyncio.BaseTransport) -> None:
+    def _start_session(self, transport: asyncio.Transport) -> None:
         binary = self.default_encoding is False
         self.reader = TelnetReader(
             limit=self._limit,
             encoding=None if binary else self.encoding(incoming=True),
             encoding_errors=self._encoding_errors,
-            pause=transport.pause_reading,  # type: ignore[attr-defined]
-            resume=transport.resume_reading,  # type: ignore[attr-defined]
+            pause=transport.pause_reading,
+            resume=transport.resume_reading,
             loop=self._loop,
         )
         self.writer = TelnetWriter(
@@ -311,7 +316,7 @@ class BaseServer(asyncio.Protocol):
         The base implementation always returns the encoding given to class
         initializer, or, when unset (None), US-ASCII.
         """
-        return self.default_encoding or "US-ASCII"  # type: ignore[return-value]
+        return _named(self.default_encoding)
 
     def negotiation_should_advance(self) -> bool:
         """Whether advanced negotiation should commence.
@@ -365,20 +370,19 @@ class BaseServer(asyncio.Protocol):
 
     def _process_events(self) -> None:
         for event in self._engine.take_events():
-            kind = type(event)
-            if kind is OptionEnabled:
+            if isinstance(event, OptionEnabled):
                 self._acknowledged = True
                 self.on_option_enabled(event.option, event.local)
                 if not self._advanced and self.negotiation_should_advance():
                     self._advanced = True
                     self.begin_advanced_negotiation()
-            elif kind is OptionDisabled:
+            elif isinstance(event, OptionDisabled):
                 self.on_option_disabled(event.option, event.local, event.refused)
-            elif kind is Subnegotiation:
+            elif isinstance(event, Subnegotiation):
                 self.on_subnegotiation(event.option, event.payload)
-            elif kind is Command:
+            elif isinstance(event, Command):
                 self.on_command(event.cmd)
-            elif kind is ProtocolError:
+            else:  # ProtocolError
                 self.log.warning("%s: %s", self.peer, event.reason)
         self.flush()
         if not self._waiter_connected.done() and not self.closed:

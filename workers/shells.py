@@ -40,14 +40,18 @@ class LineEditor:
 
     def __init__(self, reader: TelnetReader, writer: TelnetWriter) -> None:
         self._reader = reader
-        self._echo = lambda text: writer.echo(_encode(writer, text))
+        self._writer = writer
         self._pending = ""  # read past the end of the previous line
         self._after_cr = False
 
     async def readline(self) -> str | None:
         """One line without its end, or None at EOF."""
         chars: list[str] = []
-        echo = self._echo
+        writer = self._writer
+
+        def echo(text: str) -> None:
+            writer.echo(_encode(writer, text))
+
         while True:
             data, self._pending = self._pending, ""
             if not data:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 DEFAULT_LIMIT = 2**16
 
@@ -100,17 +100,19 @@ class TelnetReader:
             else _NEVER
         self._partial = bool(decoder.getstate()[0])
 
-    def feed_data(self, data: bytes) -> None:
+    def feed_data(self, raw: bytes) -> None:
         """Take in-band bytes from the protocol; wakes a waiting read."""
         decoder = self._decoder
+        data: Any = raw  # str once decoded
         if decoder is not None:
             try:
                 direct = self._direct
-                if direct and not self._partial and data and (
-                        direct == _ALWAYS or data[-1] < 0x80):
-                    data = data.decode(self.encoding, self._errors)  # type: ignore[arg-type]
+                if direct and not self._partial and raw and (
+                        direct == _ALWAYS or raw[-1] < 0x80):
+                    # the encoding is set whenever the decoder is
+                    data = raw.decode(self.encoding, self._errors)  # type: ignore[arg-type]
                 else:
-                    data = decoder.decode(data)
+                    data = decoder.decode(raw)
                     self._partial = direct == _ASCII_END and bool(decoder.getstate()[0])
             except UnicodeDecodeError as exc:
                 # Keep the text (with replacement characters) and tell the shell
@@ -118,9 +120,9 @@ class TelnetReader:
                 # failed call left the decoder's state untouched, so a character
                 # split across chunks survives.
                 self._decode_error = exc
-                replacing = codecs.getincrementaldecoder(self.encoding)("replace")
+                replacing = codecs.getincrementaldecoder(cast(str, self.encoding))("replace")
                 replacing.setstate(decoder.getstate())
-                data = replacing.decode(data)
+                data = replacing.decode(raw)
                 decoder.setstate(replacing.getstate())
                 self._partial = bool(decoder.getstate()[0])
         if self._cr_pending:

@@ -23,7 +23,7 @@ class TelnetWriter:
 
     def __init__(
         self,
-        transport: asyncio.BaseTransport,
+        transport: asyncio.Transport,
         protocol: BaseServer,
         *,
         encoding: str | None = None,
@@ -41,7 +41,7 @@ class TelnetWriter:
         self.encoding = encoding
 
     @property
-    def transport(self) -> asyncio.BaseTransport:
+    def transport(self) -> asyncio.Transport:
         return self._transport
 
     @property

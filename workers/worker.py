@@ -25,10 +25,11 @@ import uvloop
 from workers.channel import SupervisorChannel
 from workers.serving import Server, SessionOptions
 
+_set_title: Callable[[str], None] | None
 try:  # optional; imported here, before the fork and any privilege drop
-    import setproctitle
+    from setproctitle import setproctitle as _set_title
 except ImportError:
-    setproctitle = None
+    _set_title = None
 
 log = logging.getLogger("shardd.worker")
 
@@ -85,8 +86,8 @@ def _reset_inherited_state(shard: int) -> None:
     _set_parent_death_signal()
     if os.getppid() != parent:  # the supervisor died before prctl took effect
         os._exit(1)
-    if setproctitle is not None:
-        setproctitle.setproctitle(f"shardd: worker shard {shard}")
+    if _set_title is not None:
+        _set_title(f"shardd: worker shard {shard}")
 
 
 def _set_parent_death_signal() -> None:
