@@ -54,6 +54,8 @@ CHARSET_OFFER = ["UTF-8", "US-ASCII", "ISO-8859-1", "CP437"]
 _CHARSET_REQUEST = options.build_charset_request(CHARSET_OFFER)
 
 
+_MISSING = object()
+
 # Subnegotiation replies still owed to us, as bits of TelnetServer._awaiting.
 _AWAITING = {"ttype": 1, "environ": 2, "charset": 4, "naws": 8, "tspeed": 16, "xdisploc": 32}
 
@@ -134,7 +136,11 @@ class TelnetServer(BaseServer):
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """The protocol's own values, then the transport's, then NEW-ENVIRON variables."""
-        if name == "charset" and "charset" not in self._extra:
+        # the protocol's own values first: status reports read three per session
+        value = self._extra.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        if name == "charset":
             return self.encoding(incoming=True)
         if name == "term":
             return str(self._extra.get("TERM", "unknown")).lower()
@@ -142,9 +148,8 @@ class TelnetServer(BaseServer):
             # served from the list: in _extra they would double its size
             n = int(name[5:])
             return self._ttypes[n - 1] if 0 < n <= len(self._ttypes) else default
-        missing = object()
-        value = super().get_extra_info(name, missing)
-        if value is missing:
+        value = super().get_extra_info(name, _MISSING)
+        if value is _MISSING:
             return self._environ.get(name, default)
         return value
 
