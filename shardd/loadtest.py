@@ -1028,7 +1028,7 @@ async def echo(
     size: int = 1024,
     duration: float = 5.0,
     connect_timeout: float = 10.0,
-    warmup_timeout: float = 30.0,
+    negotiation_timeout: float = 30.0,
     concurrency: int | None = None,
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
@@ -1037,14 +1037,14 @@ async def echo(
     """Run the echo scenario once; every session first completes one round trip.
 
     A session whose first round trip (its negotiation and probe) is not done
-    within ``warmup_timeout`` fails with a negotiation timeout. Sessions are
+    within ``negotiation_timeout`` fails with a negotiation timeout. Sessions are
     opened ``concurrency`` at a time (all at once by default).
     """
     target = Target.resolve(host, port)
     locals_ = [target.source(s) for s in sources]
     if size < 1 or sessions < 1 or not duration > 0:
         raise ValueError("sessions, size and duration must be positive")
-    _check_positive(connect_timeout=connect_timeout, warmup_timeout=warmup_timeout)
+    _check_positive(connect_timeout=connect_timeout, negotiation_timeout=negotiation_timeout)
     hooks = hooks or Hooks()
     run = _EchoRun(size)
     tally = run.tally
@@ -1068,7 +1068,7 @@ async def echo(
     await _lanes(sessions, concurrency or sessions, open_one, hooks)
     if protocols:
         _done, pending = await asyncio.wait([p.first_done for p in protocols],
-                                            timeout=warmup_timeout)
+                                            timeout=negotiation_timeout)
         for proto in protocols:
             if proto.first_done in pending:
                 tally.fail("negotiation", NEGOTIATION_TIMEOUT)
@@ -1083,7 +1083,7 @@ async def echo(
     elapsed = _perf() - started
     run.stopping = True
     now = _perf()
-    stalled_after = min(warmup_timeout, max(elapsed, 1.0))
+    stalled_after = min(negotiation_timeout, max(elapsed, 1.0))
     for proto in protocols:
         # no round trip in the whole interval: the shell lost or kept bytes
         if not proto.closing and now - proto.sent_at > stalled_after:

@@ -170,7 +170,6 @@ class Plan:
             kwargs["duration"] = p["duration"]
         if self.scenario == "echo":
             kwargs["size"] = p["size"]
-            kwargs["warmup_timeout"] = kwargs.pop("negotiation_timeout")
         if self.scenario == "storm":
             kwargs.update(rate=p["rate"], hold_min=p["hold_min"], hold_max=p["hold_max"],
                           seed=p["seed"], max_sessions=max(1, _split(p["max_sessions"], n, index)))
