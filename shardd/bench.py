@@ -27,7 +27,11 @@ from typing import Any
 import psutil
 import uvloop
 
-from shardd import control, loadtest
+from shardd import control
+from shardd.loadtest.connect import connect
+from shardd.loadtest.echo import echo
+from shardd.loadtest.hooks import Hooks
+from shardd.loadtest.idle import idle
 
 HOST = "127.0.0.1"
 
@@ -193,19 +197,19 @@ def _measure(scenario: str, server: _Server, settings: Settings) -> tuple[float,
     port = server.port
     what = f"{server.contender.name} {scenario}"
     if scenario in ("echo-64", "echo-1k"):
-        result = _run(loadtest.echo(HOST, port, sessions=settings.sessions,
+        result = _run(echo(HOST, port, sessions=settings.sessions,
                                     size=64 if scenario == "echo-64" else 1024,
                                     duration=settings.duration), what)
         summary = result.summary()
         figure = summary["round_trips_per_s"]
     elif scenario == "connect":
-        result = _run(loadtest.connect(HOST, port, sessions=settings.connect_sessions,
+        result = _run(connect(HOST, port, sessions=settings.connect_sessions,
                                        concurrency=settings.connect_concurrency), what)
         summary = result.summary()
         figure = summary["setups_per_s"]
     else:
         hooks = _BalanceHooks(server)
-        result = _run(loadtest.idle(HOST, port, sessions=settings.idle_sessions,
+        result = _run(idle(HOST, port, sessions=settings.idle_sessions,
                                     duration=settings.idle_hold, pids=server.pids(),
                                     concurrency=100, hooks=hooks), what)
         summary = result.summary()
@@ -218,7 +222,7 @@ def _measure(scenario: str, server: _Server, settings: Settings) -> tuple[float,
     return figure, summary
 
 
-class _BalanceHooks(loadtest.Hooks):
+class _BalanceHooks(Hooks):
     """Reads how the held sessions spread over shards while they are all open.
 
     At the "held" barrier: after the memory reading, since a status of

@@ -29,8 +29,19 @@ from typing import Any
 
 import msgpack
 
-from shardd import control, loadtest
+from shardd import control
 from shardd.config import ConfigError
+from shardd.loadtest.connect import ConnectResult, connect
+from shardd.loadtest.echo import EchoResult, echo
+from shardd.loadtest.hooks import Hooks
+from shardd.loadtest.idle import IdleResult, idle
+from shardd.loadtest.storm import StormResult, storm
+from shardd.loadtest.target import CLOSE_GRACE, Target, server_rss
+
+_SCENARIOS: dict[str, Any] = {"connect": connect, "echo": echo, "idle": idle, "storm": storm}
+_RESULT_TYPES: dict[str, Any] = {
+    "connect": ConnectResult, "echo": EchoResult, "idle": IdleResult, "storm": StormResult,
+}
 
 SCENARIO_HELP = {
     "connect": "session setups: connect, negotiate, first shell output, close",
@@ -141,7 +152,7 @@ class Plan:
     """A checked command line: what every client process runs, and how to report."""
 
     scenario: str
-    target: loadtest.Target
+    target: Target
     sources: list[str]
     procs: int
     params: dict[str, Any]
@@ -178,7 +189,7 @@ class Plan:
     def time_bound(self) -> float:
         """Longest a correct client process can take; beyond it, it is killed."""
         p = self.params
-        setup = self.connect_timeout + self.negotiation_timeout + loadtest.CLOSE_GRACE
+        setup = self.connect_timeout + self.negotiation_timeout + CLOSE_GRACE
         if self.scenario == "storm":
             return p["duration"] + setup + p["hold_max"] + SLACK
         per = math.ceil(p["sessions"] / self.procs)
@@ -216,7 +227,7 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
                               f"(only {', '.join(scenarios)})")
     port = _int("port", args.port, 1, 65535)
     try:
-        target = loadtest.Target.resolve(args.host, port)
+        target = Target.resolve(args.host, port)
     except ValueError as exc:
         raise ConfigError("host", str(exc)) from None
     sources: list[str] = []
@@ -293,7 +304,7 @@ def _check_limits(plan: Plan) -> None:
 
 # ------------------------------------------------------------ client side
 
-class _PipeHooks(loadtest.Hooks):
+class _PipeHooks(Hooks):
     """A client process's side of the pipes to the parent."""
 
     def __init__(self, up: int, down: int) -> None:
@@ -360,7 +371,7 @@ def _client(plan: Plan, index: int, up: int, down: int) -> int:
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     hooks = _PipeHooks(up, down)
-    scenario = loadtest.SCENARIOS[plan.scenario]
+    scenario = _SCENARIOS[plan.scenario]
 
     async def main() -> Any:
         hooks.attach(plan.progress)
@@ -555,14 +566,14 @@ def _server_rss(plan: Plan) -> tuple[list[int], int]:
     if plan.control_path:
         status = control.request(plan.control_path, {"cmd": "status"})
         pids = [w["pid"] for w in status.get("workers", []) if w.get("pid")]
-    return list(pids), loadtest.server_rss(pids)
+    return list(pids), server_rss(pids)
 
 
 # ------------------------------------------------------------------ output
 
 def _merge(plan: Plan, coordinator: _Coordinator, rss_before: int | None,
            before_pids: list[int]) -> tuple[dict[str, Any], bool]:
-    cls = loadtest.RESULT_TYPES[plan.scenario]
+    cls = _RESULT_TYPES[plan.scenario]
     interrupted = coordinator.interrupts > 0
     results = []
     for child in coordinator.children:
