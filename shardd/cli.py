@@ -86,9 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", help="add or remove shards: +N or -N")
     _add_target(workers)
     workers.add_argument("delta", help="+N or -N")
-    from shardd import loadtest_run
+    from shardd.loadtest import cli as loadtest_cli
 
-    loadtest_run.add_arguments(commands.add_parser(
+    loadtest_cli.add_arguments(commands.add_parser(
         "loadtest", help="load-test a server on this machine: connect, echo, idle or storm"))
     bench = commands.add_parser(
         "bench", help="shardd against telnetlib3 and bare uvloop echo servers, on loopback")
@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "workers":
             return _workers(args)
         if args.command == "loadtest":
-            from shardd import loadtest_run
+            from shardd.loadtest import cli as loadtest_cli
 
-            return loadtest_run.run(args)
+            return loadtest_cli.run(args)
         if args.command == "bench":
             return _bench(args)
     except ConfigError as exc:

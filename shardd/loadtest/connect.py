@@ -13,8 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardd.loadtest.hooks import Hooks, lanes
-from shardd.loadtest.latencies import Latencies
+from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
+from shardd.loadtest.scenario import (
+    Rows,
+    Scenario,
+    concurrency_param,
+    sessions_param,
+    setup_rounds,
+)
 from shardd.loadtest.sessions import Tally, check_positive, set_up
 from shardd.loadtest.target import Target, rotation
 
@@ -109,3 +116,30 @@ async def connect(
     elapsed = _perf() - started
     return ConnectResult(sessions, concurrency, attempts, done, elapsed, setup, tally.failures,
                          tally.failures_by_phase, tally.sources)
+
+
+def _rows(s: dict[str, Any]) -> Rows:
+    return [
+        ("setups", f"{s['setups']} of {s['attempts']} attempted "
+                   f"({s['sessions']} asked, concurrency {s['concurrency']})"),
+        ("duration", f"{s['duration']:.3f} s"),
+        ("setups/s", f"{s['setups_per_s']:.1f}"),
+        ("setup ms", format_ms(s["setup_ms"])),
+    ]
+
+
+SCENARIO = Scenario(
+    name="connect",
+    help="session setups: connect, negotiate, first shell output, close",
+    run=connect,
+    result=ConnectResult,
+    params=(
+        sessions_param(1000, "setups in all"),
+        concurrency_param(50),
+    ),
+    rows=_rows,
+    in_flight=lambda p: p["concurrency"],
+    time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup,
+    holds_sessions=False,
+    progress_rate="setups",
+)

@@ -15,8 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from shardd.loadtest.hooks import Hooks, close_all, lanes
-from shardd.loadtest.latencies import Latencies
+from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
+from shardd.loadtest.scenario import (
+    Param,
+    Rows,
+    Scenario,
+    concurrency_param,
+    duration_param,
+    sessions_param,
+    setup_rounds,
+    whole,
+)
 from shardd.loadtest.sessions import Tally, check_positive
 from shardd.loadtest.target import (
     CLOSE_GRACE,
@@ -245,3 +255,32 @@ async def echo(
     await close_all(protocols)
     return EchoResult(sessions, size, elapsed, run.round_trips, run.rtts, tally.failures,
                       tally.failures_by_phase, tally.sources, established)
+
+
+def _rows(s: dict[str, Any]) -> Rows:
+    return [
+        ("sessions", f"{s['established']} of {s['sessions']} established"),
+        ("message", f"{s['size']} bytes"),
+        ("duration", f"{s['duration']:.3f} s"),
+        ("round trips", f"{s['round_trips']} ({s['round_trips_per_s']:.1f}/s)"),
+        ("throughput", f"{s['mb_per_s']:.2f} MB/s (both directions)"),
+        ("rtt ms", format_ms(s["rtt_ms"])),
+    ]
+
+
+SCENARIO = Scenario(
+    name="echo",
+    help="sessions exchanging messages with an echo shell, one in flight each",
+    run=echo,
+    result=EchoResult,
+    params=(
+        sessions_param(100, "sessions"),
+        concurrency_param(100),
+        Param("size", 1024, whole(1, 16 * 2**20), "message size", "BYTES"),
+        duration_param(5.0, "measured interval"),
+    ),
+    rows=_rows,
+    in_flight=lambda p: p["sessions"],
+    time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup + p["duration"],
+    progress_rate="round trips",
+)

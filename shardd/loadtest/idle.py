@@ -9,12 +9,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardd.loadtest.hooks import Hooks, close_all, lanes
-from shardd.loadtest.latencies import Latencies
+from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result, ServerMemory
+from shardd.loadtest.scenario import (
+    Rows,
+    Scenario,
+    concurrency_param,
+    duration_param,
+    sessions_param,
+    setup_rounds,
+)
 from shardd.loadtest.sessions import SetupSession, Tally, check_positive, set_up
 from shardd.loadtest.target import CLOSED, Target, rotation, server_rss
 
 _perf = time.perf_counter
+
+# where every session is open and held: the server's memory is read here
+HELD = "held"
 
 
 @dataclass
@@ -122,10 +133,51 @@ async def idle(
     elapsed = _perf() - started
     held = len(live)
     rss_holding = server_rss(pids) if pids else None
-    await hooks.barrier("held")
+    await hooks.barrier(HELD)
     tally.on_lost = None
     await close_all(list(live))
     return IdleResult(sessions, concurrency, opened, held, elapsed, setup, tally.failures,
                       tally.failures_by_phase, tally.sources,
                       pids=list(pids) if pids else None,
                       rss_before=rss_before, rss_holding=rss_holding)
+
+
+def _rows(s: dict[str, Any]) -> Rows:
+    rows = [
+        ("sessions", f"{s['held']} held of {s['opened']} opened ({s['sessions']} asked)"),
+        ("held for", f"{s['duration']:.3f} s"),
+        ("setup ms", format_ms(s["setup_ms"])),
+    ]
+    rss = s.get("rss")
+    if rss:
+        per = rss["per_session_bytes"]
+        rows += [
+            ("server pids", ", ".join(str(p) for p in rss["pids"] or []) or "-"),
+            ("server rss", f"{rss['before_bytes'] / 2**20:.1f} MiB before, "
+                           f"{rss['holding_bytes'] / 2**20:.1f} MiB holding"),
+            ("rss/session", "-" if per is None else f"{per / 1024:.1f} KiB"),
+        ]
+    return rows
+
+
+def _time_bound(p: dict[str, Any], procs: int, setup: float) -> float:
+    hold: float = p["duration"]
+    # and the parent's two control requests for the memory, 10 s each at most
+    return setup_rounds(p, procs) * setup + hold + 2 * 10
+
+
+SCENARIO = Scenario(
+    name="idle",
+    help="sessions opened and held; the server's memory per session",
+    run=idle,
+    result=IdleResult,
+    params=(
+        sessions_param(1000, "sessions to hold"),
+        concurrency_param(100),
+        duration_param(10.0, "hold"),
+    ),
+    rows=_rows,
+    in_flight=lambda p: p["sessions"],
+    time_bound=_time_bound,
+    memory_barrier=HELD,
+)

@@ -82,3 +82,10 @@ class Latencies:
         lat.min = math.inf if low is None else low
         lat.buckets = {int(i): int(n) for i, n in pairs}
         return lat
+
+
+def format_ms(values: dict[str, float | None]) -> str:
+    """A :meth:`Latencies.summary_ms` on one line for people; "-" without samples."""
+    if values.get("max") is None:
+        return "-"
+    return "  ".join(f"{k} {v:.3f}" for k, v in values.items() if v is not None)

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardd.config import ConfigError
 from shardd.loadtest.hooks import Hooks
-from shardd.loadtest.latencies import Latencies
+from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
+from shardd.loadtest.scenario import Param, Rows, Scenario, duration_param, number, whole
 from shardd.loadtest.sessions import SetupSession, Tally, check_positive, set_up
 from shardd.loadtest.target import CLOSE_GRACE, TIMEOUT, Target, rotation
 
@@ -184,3 +186,47 @@ async def storm(
     return StormResult(rate, duration, hold_min, hold_max, seed, max_sessions, attempts,
                        successes, skipped, peak, elapsed, setup, tally.failures,
                        tally.failures_by_phase, tally.sources)
+
+
+def _check(p: dict[str, Any]) -> None:
+    if p["hold_min"] > p["hold_max"]:
+        raise ConfigError("hold-max", f"must be at least --hold-min ({p['hold_min']:g}), "
+                                      f"not {p['hold_max']:g}")
+    if p["rate"] * p["duration"] > 10_000_000:
+        raise ConfigError("rate", "more than 10000000 sessions in one storm")
+
+
+def _rows(s: dict[str, Any]) -> Rows:
+    return [
+        ("arrivals", f"{s['rate']:g}/s for {s['duration']:g} s, held "
+                     f"{s['hold_min']:g}-{s['hold_max']:g} s (seed {s['seed']})"),
+        ("attempts", f"{s['attempts']} ({s['skipped']} skipped at "
+                     f"{s['max_sessions']} in flight)"),
+        ("successes", f"{s['successes']}"),
+        ("peak in flight", f"{s['peak_in_flight']}"),
+        ("elapsed", f"{s['elapsed']:.3f} s"),
+        ("setup ms", format_ms(s["setup_ms"])),
+    ]
+
+
+SCENARIO = Scenario(
+    name="storm",
+    help="sessions arriving at a fixed rate, each held a random time",
+    run=storm,
+    result=StormResult,
+    params=(
+        duration_param(10.0, "arrivals"),
+        Param("rate", 100.0, number(0.0, 100_000.0, above=True), "new sessions per second",
+              "PER_S"),
+        Param("hold_min", 1.0, number(0.0, 86400.0), "shortest hold", "SECONDS"),
+        Param("hold_max", 5.0, number(0.0, 86400.0), "longest hold", "SECONDS"),
+        Param("seed", 0, whole(0, 2**63 - 1), "seed of the hold times", "N"),
+        Param("max_sessions", 1000, whole(1, 1_000_000), "sessions in flight at most; an "
+              "arrival finding that many is skipped, and counted", "N", split=True),
+    ),
+    check=_check,
+    rows=_rows,
+    in_flight=lambda p: p["max_sessions"],
+    time_bound=lambda p, procs, setup: p["duration"] + setup + p["hold_max"],
+    progress_rate="attempts",
+)
