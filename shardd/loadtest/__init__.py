@@ -17,6 +17,6 @@ Every session answers the server's negotiation like a terminal client
 when the first in-band byte arrives from the server.
 
 :mod:`~shardd.loadtest.registry` lists the scenarios; the command line
-(:mod:`~shardd.loadtest.cli`) takes everything about a scenario from its
-entry there.
+(:mod:`~shardd.loadtest.cli`) and ``shardd bench`` take everything about a
+scenario from its entry there.
 """

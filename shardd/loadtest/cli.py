@@ -18,6 +18,14 @@ from shardd.loadtest.scenario import Param, Scenario
 EXIT_INTERRUPTED = 130
 
 
+def _listing(words: list[str], last: str = "and") -> str:
+    return f" {last} ".join(w for w in (", ".join(words[:-1]), *words[-1:]) if w)
+
+
+HELP = "load-test a server on this machine: " + _listing(
+    [s.name for s in registry.by_name()], "or")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``loadtest`` subcommand's arguments (values are checked by :func:`run`)."""
     scenarios = registry.by_name()
@@ -33,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if any(p.bounds_procs for _s, p in uses):
             bounding.append("--" + param.flag)
     add("--procs", metavar="P", default="1",
-        help=f"client processes sharing the sessions, at most {_and(bounding)} (1)")
+        help=f"client processes sharing the sessions, at most {_listing(bounding)} (1)")
     add("--source", metavar="ADDR,...",
         help="local addresses, loopback, used round-robin (default: the kernel's choice)")
     add("--negotiation-timeout", metavar="SECONDS", default="10",
@@ -60,17 +68,13 @@ def _flag_help(uses: list[tuple[Scenario, Param]]) -> str:
         by_default: dict[str, list[str]] = {}
         for scenario, param in uses:
             by_default.setdefault(_number(param.default), []).append(scenario.name)
-        defaults = ", ".join(f"{_and(names)} {value}" for value, names in by_default.items())
+        defaults = ", ".join(f"{_listing(names)} {value}" for value, names in by_default.items())
         return f"{meanings.pop()} ({defaults})"
     return "; ".join(f"{s.name}: {p.help} ({_number(p.default)})" for s, p in uses)
 
 
 def _number(value: int | float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
-
-
-def _and(words: list[str]) -> str:
-    return " and ".join(w for w in (", ".join(words[:-1]), *words[-1:]) if w)
 
 
 def run(args: argparse.Namespace) -> int:

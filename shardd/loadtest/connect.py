@@ -16,6 +16,7 @@ from shardd.loadtest.hooks import Hooks, lanes
 from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
 from shardd.loadtest.scenario import (
+    BenchCase,
     Rows,
     Scenario,
     concurrency_param,
@@ -142,4 +143,14 @@ SCENARIO = Scenario(
     time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup,
     holds_sessions=False,
     progress_rate="setups",
+    bench=(
+        BenchCase(
+            "connect", "setups/s", True,
+            params=lambda s: {"sessions": s.connect_sessions,
+                              "concurrency": s.connect_concurrency},
+            figure=lambda summary: summary["setups_per_s"],
+            about=lambda s: (f"connect: {s.connect_sessions} setups with full negotiation, "
+                             f"{s.connect_concurrency} at a time"),
+        ),
+    ),
 )

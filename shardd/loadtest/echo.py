@@ -18,6 +18,8 @@ from shardd.loadtest.hooks import Hooks, close_all, lanes
 from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
 from shardd.loadtest.scenario import (
+    BenchCase,
+    BenchSettings,
     Param,
     Rows,
     Scenario,
@@ -268,6 +270,10 @@ def _rows(s: dict[str, Any]) -> Rows:
     ]
 
 
+def _about(s: BenchSettings) -> str:
+    return f"echo: {s.sessions} sessions, one message in flight each, {s.duration:g}s"
+
+
 SCENARIO = Scenario(
     name="echo",
     help="sessions exchanging messages with an echo shell, one in flight each",
@@ -283,4 +289,12 @@ SCENARIO = Scenario(
     in_flight=lambda p: p["sessions"],
     time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup + p["duration"],
     progress_rate="round trips",
+    bench=(
+        BenchCase("echo-64", "round trips/s", True,
+                  params=lambda s: {"sessions": s.sessions, "size": 64, "duration": s.duration},
+                  figure=lambda summary: summary["round_trips_per_s"], about=_about),
+        BenchCase("echo-1k", "round trips/s", True,
+                  params=lambda s: {"sessions": s.sessions, "size": 1024, "duration": s.duration},
+                  figure=lambda summary: summary["round_trips_per_s"], about=_about),
+    ),
 )

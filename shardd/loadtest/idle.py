@@ -12,6 +12,7 @@ from shardd.loadtest.hooks import Hooks, close_all, lanes
 from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result, ServerMemory
 from shardd.loadtest.scenario import (
+    BenchCase,
     Rows,
     Scenario,
     concurrency_param,
@@ -180,4 +181,17 @@ SCENARIO = Scenario(
     in_flight=lambda p: p["sessions"],
     time_bound=_time_bound,
     memory_barrier=HELD,
+    bench=(
+        BenchCase(
+            "idle", "RSS bytes/session", False,
+            params=lambda s: {"sessions": s.idle_sessions, "duration": s.idle_hold,
+                              "concurrency": 100},
+            figure=lambda summary: ((summary["rss"] or {}).get("per_session_bytes")
+                                    or float("nan")),
+            about=lambda s: (f"idle: {s.idle_sessions} negotiated sessions, server RSS "
+                             "growth per session"),
+            show=lambda figure: f"{figure / 1024:.2f} KiB",
+            fresh_server=True,
+        ),
+    ),
 )

@@ -2,7 +2,8 @@
 
 The command line's flags and their checks, the split of a run over client
 processes, its time bound, the plan's open-file and port checks and the
-summary table all come from a scenario's entry; nothing else names a
+summary table all come from a scenario's entry, and so do the columns it
+offers ``shardd bench`` (:class:`BenchCase`); nothing else names a
 scenario. The flags several scenarios share are defined here once.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from shardd.config import check_float, check_int
 from shardd.loadtest.results import Result, ServerMemory
@@ -78,6 +79,41 @@ def setup_rounds(params: dict[str, Any], procs: int) -> int:
     return math.ceil(per / max(1, concurrency // procs))
 
 
+class BenchSettings(Protocol):
+    """What a bench case reads of ``shardd bench``'s settings."""
+
+    duration: float
+    sessions: int
+    connect_sessions: int
+    connect_concurrency: int
+    idle_sessions: int
+    idle_hold: float
+
+
+def thousands(figure: float) -> str:
+    return f"{figure:,.0f}"
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """A column of ``shardd bench``: the scenario run one way against every contender."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    #: (bench settings) -> the scenario's keyword arguments
+    params: Callable[[BenchSettings], dict[str, Any]]
+    #: (the scenario's summary) -> the column's figure
+    figure: Callable[[dict[str, Any]], float]
+    #: (bench settings) -> what was run, for the report's header; a scenario's
+    #: cases may share one
+    about: Callable[[BenchSettings], str]
+    #: the figure for people
+    show: Callable[[float], str] = thousands
+    #: measured on a server that has done nothing else
+    fresh_server: bool = False
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One scenario: its coroutine, result, parameters and how to run and report it.
@@ -110,6 +146,7 @@ class Scenario:
     memory_barrier: str | None = None
     #: the progress line's counter that also gets a rate per second
     progress_rate: str | None = None
+    bench: tuple[BenchCase, ...] = ()
 
     def __post_init__(self) -> None:
         if self.memory_barrier is not None and not issubclass(self.result, ServerMemory):
