@@ -1,8 +1,9 @@
 """The echo scenario: sessions keeping one message each in flight against an echo shell.
 
-A session's first message is its probe: it completes when the negotiation
-has and the shell has echoed it. The measured interval starts once every
-session has (or has failed), at the same moment in every client process.
+A session's first message is also its probe (see :mod:`~shardd.loadtest.sessions`):
+its first round trip spans the negotiation. The measured interval starts
+once every session has completed one (or failed), at the same moment in
+every client process.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 The command line's flags and their checks, the split of a run over client
 processes, its time bound, the plan's open-file and port checks and the
 summary table all come from a scenario's entry, and so do the columns it
-offers ``shardd bench`` (:class:`BenchCase`); nothing else names a
-scenario. The flags several scenarios share are defined here once.
+offers ``shardd bench`` (:class:`BenchCase`): the code that runs scenarios
+has no branch for any one of them. The flags several scenarios share are
+defined here once.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class Scenario:
     #: sessions stay open once set up, each on a local port: the plan checks
     #: there are enough (a connect session is closed as soon as it is set up)
     holds_sessions: bool = True
+    #: the barrier where every session is held, if the server's memory is read (see above)
     memory_barrier: str | None = None
     #: the progress line's counter that also gets a rate per second
     progress_rate: str | None = None
