@@ -86,34 +86,12 @@ def _build_parser() -> argparse.ArgumentParser:
     workers = commands.add_parser("workers", help="add or remove shards: +N or -N")
     _add_target(workers)
     workers.add_argument("delta", help="+N or -N")
-    from shardd import loadtest_run
+    from shardd.bench import cli as bench_cli
+    from shardd.loadtest import cli as loadtest_cli
 
-    loadtest_run.add_arguments(commands.add_parser(
-        "loadtest", help="load-test a server on this machine: connect, echo, idle or storm"))
-    bench = commands.add_parser(
-        "bench", help="shardd against telnetlib3 and bare uvloop echo servers, on loopback")
-    bench.add_argument("--rounds", default="3", help="rounds, contenders alternating (default 3)")
-    bench.add_argument("--duration", default="5", metavar="SECONDS",
-                       help="each echo measurement (default 5)")
-    bench.add_argument("--sessions", default="100", help="echo sessions (default 100)")
-    bench.add_argument("--connect-sessions", default="2000",
-                       help="setups per connect measurement (default 2000)")
-    bench.add_argument("--connect-concurrency", default="20",
-                       help="setups in flight (default 20)")
-    bench.add_argument("--idle-sessions", default="5000",
-                       help="sessions held for the memory measurement (default 5000)")
-    bench.add_argument("--contenders", metavar="A,B,...",
-                       help="a subset of " + ",".join(_bench_names("CONTENDERS")))
-    bench.add_argument("--scenarios", metavar="A,B,...",
-                       help="a subset of " + ",".join(_bench_names("SCENARIOS")))
-    bench.add_argument("--json", action="store_true", help="the whole report as JSON")
+    loadtest_cli.add_arguments(commands.add_parser("loadtest", help=loadtest_cli.HELP))
+    bench_cli.add_arguments(commands.add_parser("bench", help=bench_cli.HELP))
     return parser
-
-
-def _bench_names(table: str) -> list[str]:
-    from shardd import bench
-
-    return list(getattr(bench, table))
 
 
 # ------------------------------------------------------------------- serve
@@ -245,42 +223,6 @@ def _workers(args: argparse.Namespace) -> int:
     return _simple(args, {"cmd": "workers", "delta": int(text)})
 
 
-def _subset(key: str, text: str | None, known: list[str]) -> list[str]:
-    if text is None:
-        return list(known)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if not names or unknown:
-        raise ConfigError(key, f"unknown {', '.join(unknown) or 'empty list'}; "
-                               f"choose from {', '.join(known)}")
-    return names
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from shardd import bench
-    from shardd.config import check_float, check_int
-
-    settings = bench.Settings(
-        rounds=check_int("rounds", args.rounds, 1, 50),
-        duration=check_float("duration", args.duration, 0.1, 600),
-        sessions=check_int("sessions", args.sessions, 1, 5000),
-        connect_sessions=check_int("connect-sessions", args.connect_sessions, 1, 1_000_000),
-        connect_concurrency=check_int("connect-concurrency", args.connect_concurrency, 1, 1000),
-        idle_sessions=check_int("idle-sessions", args.idle_sessions, 1, 9000),
-        contenders=_subset("contenders", args.contenders, list(bench.CONTENDERS)),
-        scenarios=_subset("scenarios", args.scenarios, list(bench.SCENARIOS)),
-    )
-    progress = (lambda text: print(text, file=sys.stderr, flush=True)) \
-        if sys.stderr.isatty() or not args.json else None
-    try:
-        report = bench.run(settings, progress)
-    except bench.BenchError as exc:
-        print(f"shardd bench: {exc}", file=sys.stderr)
-        return 1
-    print(bench.to_json(report) if args.json else bench.render(report))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -295,11 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "workers":
             return _workers(args)
         if args.command == "loadtest":
-            from shardd import loadtest_run
+            from shardd.loadtest import cli as loadtest_cli
 
-            return loadtest_run.run(args)
+            return loadtest_cli.run(args)
         if args.command == "bench":
-            return _bench(args)
+            from shardd.bench import cli as bench_cli
+
+            return bench_cli.run(args)
     except ConfigError as exc:
         print(f"shardd: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -193,15 +193,24 @@ def check_int(key: str, value: Any, low: int, high: int) -> int:
     return number
 
 
-def check_float(key: str, value: Any, low: float, high: float) -> float:
+def check_float(key: str, value: Any, low: float, high: float, *, above: bool = False,
+                unit: str | None = "seconds") -> float:
+    """``value`` as a float in [low, high], or (``above``) in (low, high].
+
+    ``unit`` names what the number counts in the message for a non-number;
+    None says just "a number".
+    """
     try:
         if isinstance(value, bool):
             raise ValueError
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"must be a number of seconds, not {value!r}") from None
-    if math.isnan(number) or not low <= number <= high:
-        raise ConfigError(key, f"must be between {low:g} and {high:g}, not {value!r}")
+        what = f"a number of {unit}" if unit else "a number"
+        raise ConfigError(key, f"must be {what}, not {value!r}") from None
+    if math.isnan(number) or not low <= number <= high or (above and number == low):
+        bound = (f"more than {low:g} and at most {high:g}" if above
+                 else f"between {low:g} and {high:g}")
+        raise ConfigError(key, f"must be {bound}, not {value!r}")
     return number
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, run_shardd, wait_until
 
 from shardd import cli
-from shardd.loadtest import Latencies
+from shardd.loadtest.latencies import Latencies
 
 ECHO = ("--shell", "echo")
 PERCENTILE_KEYS = {"p50", "p90", "p99", "p99.9", "max"}

@@ -6,7 +6,7 @@
   ``bench`` extra). It is a benchmark anchor only: shardd's own code never
   imports telnetlib3.
 
-``python -m shardd.anchors KIND --port P`` serves on 127.0.0.1:P (0 picks a
+``python -m shardd.bench.anchors KIND --port P`` serves on 127.0.0.1:P (0 picks a
 free port) and prints ``listening on 127.0.0.1:PORT``.
 """
 
@@ -15,17 +15,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
+from typing import Protocol, cast
 
 import uvloop
 
 
+class _Listening(Protocol):
+    """What serve() needs of asyncio's and telnetlib3's servers alike."""
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...] | None: ...
+
+    def close(self) -> None: ...
+
+
 class _ProtocolEcho(asyncio.Protocol):
+    transport: asyncio.Transport
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[attr-defined]
+        self.transport.write(data)
 
 
 async def _streams_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,7 +55,7 @@ async def _streams_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         writer.close()
 
 
-async def _telnetlib3_server(host: str, port: int) -> asyncio.AbstractServer:
+async def _telnetlib3_server(host: str, port: int) -> _Listening:
     import telnetlib3  # the anchor itself, in its own process: see the module doc
 
     async def shell(reader: telnetlib3.TelnetReader, writer: telnetlib3.TelnetWriter) -> None:
@@ -59,13 +72,14 @@ async def _telnetlib3_server(host: str, port: int) -> asyncio.AbstractServer:
 
 async def serve(kind: str, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
+    server: _Listening
     if kind == "protocol":
         server = await loop.create_server(_ProtocolEcho, host, port, backlog=4096)
     elif kind == "telnetlib3":
         server = await _telnetlib3_server(host, port)
     else:
         server = await asyncio.start_server(_streams_echo, host, port, backlog=4096)
-    bound = server.sockets[0].getsockname()
+    bound = (server.sockets or ())[0].getsockname()
     print(f"listening on {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +89,7 @@ async def serve(kind: str, host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shardd.anchors")
+    parser = argparse.ArgumentParser(prog="python -m shardd.bench.anchors")
     parser.add_argument("kind", choices=("protocol", "streams", "telnetlib3"))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

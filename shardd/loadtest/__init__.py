@@ -1,0 +1,22 @@
+"""The bundled load-test client: real telnet sessions on uvloop, loopback only.
+
+Four scenarios, each a coroutine running in the caller's event loop, in a
+module of its own with its result and its registry entry:
+
+- :mod:`~shardd.loadtest.connect`: session setups, ``concurrency`` of them in
+  flight;
+- :mod:`~shardd.loadtest.echo`: sessions keeping one ``size``-byte message
+  each in flight against an echo shell;
+- :mod:`~shardd.loadtest.idle`: sessions opened and held, and the server's
+  memory for them;
+- :mod:`~shardd.loadtest.storm`: sessions arriving at a fixed rate, each held
+  a random time.
+
+Every session answers the server's negotiation like a terminal client
+(:class:`~workers.telnet.client.TelnetClientSession`) and counts as set up
+when the first in-band byte arrives from the server.
+
+:mod:`~shardd.loadtest.registry` lists the scenarios; the command line
+(:mod:`~shardd.loadtest.cli`) and ``shardd bench`` take everything about a
+scenario from its entry there.
+"""

@@ -1,0 +1,38 @@
+"""Every load-test scenario, in one list.
+
+A new scenario is a module with its coroutine, its result and its
+:class:`~shardd.loadtest.scenario.Scenario`, added to :data:`SCENARIOS`.
+The order there is ``shardd bench``'s column order; the command line lists
+scenarios by name.
+"""
+
+from __future__ import annotations
+
+from shardd.loadtest import connect, echo, idle, storm
+from shardd.loadtest.scenario import Param, Scenario
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    echo.SCENARIO,
+    connect.SCENARIO,
+    idle.SCENARIO,
+    storm.SCENARIO,
+)}
+
+
+def by_name() -> list[Scenario]:
+    """The scenarios in the command line's order."""
+    return sorted(SCENARIOS.values(), key=lambda s: s.name)
+
+
+def param_flags() -> dict[str, list[tuple[Scenario, Param]]]:
+    """Every parameter, in the command line's order, with the scenarios that take it."""
+    flags: dict[str, list[tuple[Scenario, Param]]] = {}
+    for scenario in by_name():
+        for param in scenario.params:
+            flags.setdefault(param.name, []).append((scenario, param))
+    return flags
+
+
+def memory_scenarios() -> list[str]:
+    """The scenarios that read the server's memory (--control, --server-port, --pids)."""
+    return [s.name for s in by_name() if s.memory_barrier is not None]
