@@ -3,7 +3,7 @@
 One loop (``run``) does everything, like gunicorn's arbiter: signal handlers
 only enqueue, and the loop reaps children, reads worker channels, answers the
 control socket, and acts on timers. It runs no event loop and no threads, so
-forking a worker from it is safe (ARCHITECTURE.md, decision 4).
+forking a worker from it is safe (docs/ARCHITECTURE.md, "Invariants").
 
 Each shard's SO_REUSEPORT socket is bound here and kept open for the
 supervisor's whole life; a replacement worker inherits the same socket, so
