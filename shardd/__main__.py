@@ -7,8 +7,11 @@ import sys
 # (workers/loader.py puts it back, at the end, for --shell module:callable).
 _source_root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _cwd = os.getcwd()
-if sys.path and os.path.abspath(sys.path[0] or ".") == _cwd \
-        and os.path.realpath(_cwd) != _source_root:
+if (
+    sys.path
+    and os.path.abspath(sys.path[0] or ".") == _cwd
+    and os.path.realpath(_cwd) != _source_root
+):
     del sys.path[0]
 
 from shardd.cli import main  # noqa: E402 - after the path is settled

@@ -19,23 +19,33 @@ USAGE_ERROR = 2
 _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "host": ("ADDRESS", "address to listen on (default 127.0.0.1)"),
     "port": ("PORT", "TCP port (default 6023; 0 picks a free one)"),
-    "workers": ("N", "worker processes, one shard each (default: CPU count); "
-                     "0 serves in this process without a supervisor"),
-    "shell": ("SHELL", "echo, welcome, or module:callable, an async shell(reader, writer) "
-                       "(default welcome)"),
-    "protocol": ("MODULE:CLASS", "protocol class, a BaseServer subclass "
-                                 "(default workers.server:TelnetServer)"),
+    "workers": (
+        "N",
+        "worker processes, one shard each (default: CPU count); "
+        "0 serves in this process without a supervisor",
+    ),
+    "shell": (
+        "SHELL",
+        "echo, welcome, or module:callable, an async shell(reader, writer) (default welcome)",
+    ),
+    "protocol": (
+        "MODULE:CLASS",
+        "protocol class, a BaseServer subclass (default workers.server:TelnetServer)",
+    ),
     "encoding": ("CODEC", "session encoding, or 'false' for bytes (default utf8)"),
     "encoding_errors": ("HANDLER", "codec error handler (default strict)"),
     "force_binary": (None, "decode with the encoding even where BINARY was not negotiated"),
-    "connect_maxwait": ("SECONDS", "longest wait for negotiation before the shell starts "
-                                   "(default 4)"),
+    "connect_maxwait": (
+        "SECONDS",
+        "longest wait for negotiation before the shell starts (default 4)",
+    ),
     "limit": ("BYTES", "reader buffer limit and longest line (default 65536)"),
     "graceful_timeout": ("SECONDS", "how long a stop waits for sessions (default 10)"),
-    "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced "
-                                  "(default 30)"),
-    "stats_interval": ("SECONDS", "how often workers report session statistics; 0: only "
-                                  "when status asks (default 1)"),
+    "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced (default 30)"),
+    "stats_interval": (
+        "SECONDS",
+        "how often workers report session statistics; 0: only when status asks (default 1)",
+    ),
     "backlog": ("N", "listen backlog per shard (default 4096)"),
     "pidfile": ("PATH", "write the supervisor's pid here"),
     "user": ("USER", "switch to this user after binding"),
@@ -56,8 +66,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--port", type=int, default=6023,
-                        help="the port the server was started with (default 6023)")
+    target.add_argument(
+        "--port", type=int, default=6023, help="the port the server was started with (default 6023)"
+    )
     target.add_argument("--control", metavar="PATH", help="the server's control socket")
 
 
@@ -66,8 +77,11 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the telnet server")
-    serve.add_argument("--config", metavar="FILE.toml",
-                       help="settings file with the same keys as these flags (flags win)")
+    serve.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="settings file with the same keys as these flags (flags win)",
+    )
     for name, (metavar, text) in _SERVE_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         if metavar is None:
@@ -78,10 +92,13 @@ def _build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show workers and sessions")
     _add_target(status)
     status.add_argument("--json", action="store_true", help="every field, every session")
-    status.add_argument("--watch", type=float, metavar="SECONDS",
-                        help="refresh every SECONDS until interrupted")
-    for name, text in (("reload", "rolling restart, one shard at a time"),
-                       ("stop", "graceful stop")):
+    status.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted"
+    )
+    for name, text in (
+        ("reload", "rolling restart, one shard at a time"),
+        ("stop", "graceful stop"),
+    ):
         _add_target(commands.add_parser(name, help=text))
     workers = commands.add_parser("workers", help="add or remove shards: +N or -N")
     _add_target(workers)
@@ -95,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------- serve
+
 
 def _serve(args: argparse.Namespace) -> int:
     file_settings: dict[str, Any] = {}
@@ -125,9 +143,13 @@ def _session_options(cfg: ServeConfig) -> Any:
     if not (isinstance(protocol, type) and issubclass(protocol, BaseServer)):
         raise ConfigError("protocol", f"{cfg.protocol} is not a BaseServer subclass")
     return SessionOptions(
-        shell=shell, protocol=protocol, encoding=cfg.encoding,
-        encoding_errors=cfg.encoding_errors, force_binary=cfg.force_binary,
-        connect_maxwait=cfg.connect_maxwait, limit=cfg.limit,
+        shell=shell,
+        protocol=protocol,
+        encoding=cfg.encoding,
+        encoding_errors=cfg.encoding_errors,
+        force_binary=cfg.force_binary,
+        connect_maxwait=cfg.connect_maxwait,
+        limit=cfg.limit,
     )
 
 
@@ -139,12 +161,19 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
     try:
         sock = bind(cfg.host, cfg.port, backlog=cfg.backlog)
     except OSError as exc:
-        print(f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     host, port = sock.getsockname()[:2]
-    log.info("serving telnet on %s:%s (pid %d, single process, shell %s)",
-             host, port, os.getpid(), cfg.shell)
+    log.info(
+        "serving telnet on %s:%s (pid %d, single process, shell %s)",
+        host,
+        port,
+        os.getpid(),
+        cfg.shell,
+    )
     run_single_process(sock, opts, cfg.graceful_timeout, cfg.backlog)
     log.info("stopped")
     return 0
@@ -159,22 +188,28 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     try:
         supervisor.bind_shards()
     except OSError as exc:
-        print(f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     try:
         supervisor.bind_control()
         if cfg.pidfile:
             pidfile.write(cfg.pidfile)
         preload_codecs(cfg.encoding)
-        control_files = [supervisor.control.directory, supervisor.control.path] \
-            if supervisor.control else []
-        privileges.drop(cfg.user, cfg.group,
-                        [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p])
+        control_files = (
+            [supervisor.control.directory, supervisor.control.path] if supervisor.control else []
+        )
+        privileges.drop(
+            cfg.user, cfg.group, [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p]
+        )
     except OSError as exc:
-        print(f"shardd: cannot start: {exc.strerror or exc}"
-              + (f": {exc.filename}" if getattr(exc, "filename", None) else ""),
-              file=sys.stderr)
+        print(
+            f"shardd: cannot start: {exc.strerror or exc}"
+            + (f": {exc.filename}" if getattr(exc, "filename", None) else ""),
+            file=sys.stderr,
+        )
         return 1
     try:
         return supervisor.run()
@@ -184,6 +219,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
 
 
 # ---------------------------------------------------------------- operator
+
 
 def _control_path(args: argparse.Namespace) -> str:
     return args.control or control.default_path(args.port)

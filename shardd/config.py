@@ -92,8 +92,9 @@ class ServeConfig:
         self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
         self.stats_interval = check_float("stats-interval", self.stats_interval, 0.0, 3600)
         if 0 < self.stats_interval < 0.05:
-            raise ConfigError("stats-interval", f"must be 0 (off) or at least 0.05, "
-                                                f"not {self.stats_interval:g}")
+            raise ConfigError(
+                "stats-interval", f"must be 0 (off) or at least 0.05, not {self.stats_interval:g}"
+            )
         self.backlog = check_int("backlog", self.backlog, 1, 65535)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
@@ -132,8 +133,9 @@ def load_toml(path: str) -> dict[str, Any]:
     return settings
 
 
-def build(file_settings: dict[str, Any], flag_settings: dict[str, Any],
-          source: str | None = None) -> ServeConfig:
+def build(
+    file_settings: dict[str, Any], flag_settings: dict[str, Any], source: str | None = None
+) -> ServeConfig:
     """Defaults, then the file's settings, then the flags; checked."""
     cfg = ServeConfig()
     for name, value in file_settings.items():
@@ -193,8 +195,15 @@ def check_int(key: str, value: Any, low: int, high: int) -> int:
     return number
 
 
-def check_float(key: str, value: Any, low: float, high: float, *, above: bool = False,
-                unit: str | None = "seconds") -> float:
+def check_float(
+    key: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    above: bool = False,
+    unit: str | None = "seconds",
+) -> float:
     """``value`` as a float in [low, high], or (``above``) in (low, high].
 
     ``unit`` names what the number counts in the message for a non-number;
@@ -208,8 +217,9 @@ def check_float(key: str, value: Any, low: float, high: float, *, above: bool = 
         what = f"a number of {unit}" if unit else "a number"
         raise ConfigError(key, f"must be {what}, not {value!r}") from None
     if math.isnan(number) or not low <= number <= high or (above and number == low):
-        bound = (f"more than {low:g} and at most {high:g}" if above
-                 else f"between {low:g} and {high:g}")
+        bound = (
+            f"more than {low:g} and at most {high:g}" if above else f"between {low:g} and {high:g}"
+        )
         raise ConfigError(key, f"must be {bound}, not {value!r}")
     return number
 

@@ -64,6 +64,7 @@ class ControlHandlers(Protocol):
 
 # ---------------------------------------------------------------- server side
 
+
 class _Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -149,6 +150,7 @@ class ControlServer:
                 self._read(client)
             if mask & selectors.EVENT_WRITE and client.sock in self.clients:
                 self._write(client)
+
         return on_event
 
     def _read(self, client: _Client) -> None:
@@ -198,8 +200,9 @@ class ControlServer:
         elif cmd == "workers":
             delta = request.get("delta")
             if not isinstance(delta, int) or isinstance(delta, bool) or not -64 <= delta <= 64:
-                self._reply(client, {"ok": False, "error": "delta must be a whole number "
-                                                            "from -64 to 64"})
+                self._reply(
+                    client, {"ok": False, "error": "delta must be a whole number from -64 to 64"}
+                )
                 return
             ok(handlers.workers(delta))
         else:
@@ -210,8 +213,9 @@ class ControlServer:
             return
         client.replied = True
         client.outbox += msgpack.packb(reply, use_bin_type=True)
-        self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                        self._io(client))
+        self.selector.modify(
+            client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._io(client)
+        )
         self._write(client)
 
     def _write(self, client: _Client) -> None:
@@ -269,6 +273,7 @@ def _peer_uid(conn: socket.socket) -> int | None:
 
 
 # ---------------------------------------------------------------- client side
+
 
 def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
     """Send one request to the server at ``path``; its reply, or ControlError."""

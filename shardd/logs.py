@@ -41,8 +41,11 @@ class _ReopenableFileHandler(logging.FileHandler):
 def setup(level: str = "info", fmt: str = "text", path: str | None = None) -> None:
     """Configure the root logger (stderr, or ``path`` in append mode)."""
     handler: logging.Handler
-    handler = _ReopenableFileHandler(path, encoding="utf-8") if path else \
-        logging.StreamHandler(sys.stderr)
+    handler = (
+        _ReopenableFileHandler(path, encoding="utf-8")
+        if path
+        else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):

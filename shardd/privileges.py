@@ -15,8 +15,11 @@ def drop(user: str | None, group: str | None, owned_paths: list[str]) -> None:
     if user is None and group is None:
         return
     uid = pwd.getpwnam(user).pw_uid if user else os.getuid()
-    gid = grp.getgrnam(group).gr_gid if group else (
-        pwd.getpwnam(user).pw_gid if user else os.getgid())
+    gid = (
+        grp.getgrnam(group).gr_gid
+        if group
+        else (pwd.getpwnam(user).pw_gid if user else os.getgid())
+    )
     for path in owned_paths:
         try:
             os.chown(path, uid, gid)

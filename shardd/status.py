@@ -36,19 +36,22 @@ def collect(sup: Supervisor) -> dict[str, Any]:
                     rss = handle.process.memory_info().rss
             except psutil.Error:
                 pass
-        workers.append({
-            "shard": handle.shard,
-            "pid": handle.pid,
-            "state": handle.state,
-            "restarts": shard.restarts if shard is not None else 0,
-            "connections": len(handle.sessions),
-            "accepted": handle.accepted,
-            "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
-            "cpu_percent": cpu,
-            "rss_bytes": rss,
-            "last_report_age": None if handle.last_report is None
-            else round(now - handle.last_report, 3),
-        })
+        workers.append(
+            {
+                "shard": handle.shard,
+                "pid": handle.pid,
+                "state": handle.state,
+                "restarts": shard.restarts if shard is not None else 0,
+                "connections": len(handle.sessions),
+                "accepted": handle.accepted,
+                "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
+                "cpu_percent": cpu,
+                "rss_bytes": rss,
+                "last_report_age": None
+                if handle.last_report is None
+                else round(now - handle.last_report, 3),
+            }
+        )
         for session_id, (peer, connected_at, entry) in handle.sessions.items():
             connections.append(_connection(handle, session_id, peer, connected_at, entry, now))
     return {
@@ -65,8 +68,14 @@ def collect(sup: Supervisor) -> dict[str, Any]:
     }
 
 
-def _connection(handle: WorkerHandle, session_id: int, peer: str, connected_at: float,
-                entry: list[Any] | None, now: float) -> dict[str, Any]:
+def _connection(
+    handle: WorkerHandle,
+    session_id: int,
+    peer: str,
+    connected_at: float,
+    entry: list[Any] | None,
+    now: float,
+) -> dict[str, Any]:
     if entry is None:  # announced, not yet reported
         entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, ""]
     _id, rx, tx, last_received, state, term, cols, rows, encoding = entry

@@ -39,8 +39,9 @@ def _bytes(count: int | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -48,16 +49,35 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _session_rows(sessions: list[dict[str, Any]]) -> list[list[str]]:
-    return [[
-        str(s["shard"]), str(s["id"]), s["peer"], _duration(s["duration"]),
-        _duration(s["idle"]), _bytes(s["rx_bytes"]), _bytes(s["tx_bytes"]),
-        s["term"] or "-", f"{s['cols']}x{s['rows']}" if s["cols"] else "-",
-        s["encoding"] or "-",
-    ] for s in sessions]
+    return [
+        [
+            str(s["shard"]),
+            str(s["id"]),
+            s["peer"],
+            _duration(s["duration"]),
+            _duration(s["idle"]),
+            _bytes(s["rx_bytes"]),
+            _bytes(s["tx_bytes"]),
+            s["term"] or "-",
+            f"{s['cols']}x{s['rows']}" if s["cols"] else "-",
+            s["encoding"] or "-",
+        ]
+        for s in sessions
+    ]
 
 
-_SESSION_HEADERS = ["SHARD", "ID", "PEER", "DURATION", "IDLE", "IN", "OUT", "TERM", "SIZE",
-                    "ENCODING"]
+_SESSION_HEADERS = [
+    "SHARD",
+    "ID",
+    "PEER",
+    "DURATION",
+    "IDLE",
+    "IN",
+    "OUT",
+    "TERM",
+    "SIZE",
+    "ENCODING",
+]
 
 
 def render(status: dict[str, Any]) -> str:
@@ -71,42 +91,65 @@ def render(status: dict[str, Any]) -> str:
         "",
     ]
     lines += _table(
-        ["SHARD", "PID", "STATE", "RESTARTS", "SESSIONS", "ACCEPTED", "QUEUE", "CPU%", "RSS",
-         "REPORT"],
-        [[
-            str(w["shard"]), str(w["pid"]), w["state"], str(w["restarts"]),
-            str(w["connections"]), str(w["accepted"]),
-            "-" if w["accept_queue"] is None else str(w["accept_queue"]),
-            "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
-            _bytes(w["rss_bytes"]),
-            "-" if w["last_report_age"] is None else f"{w['last_report_age']:.1f}s ago",
-        ] for w in workers],
+        [
+            "SHARD",
+            "PID",
+            "STATE",
+            "RESTARTS",
+            "SESSIONS",
+            "ACCEPTED",
+            "QUEUE",
+            "CPU%",
+            "RSS",
+            "REPORT",
+        ],
+        [
+            [
+                str(w["shard"]),
+                str(w["pid"]),
+                w["state"],
+                str(w["restarts"]),
+                str(w["connections"]),
+                str(w["accepted"]),
+                "-" if w["accept_queue"] is None else str(w["accept_queue"]),
+                "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+                _bytes(w["rss_bytes"]),
+                "-" if w["last_report_age"] is None else f"{w['last_report_age']:.1f}s ago",
+            ]
+            for w in workers
+        ],
     )
     lines.append("")
     if not sessions:
         lines.append("no sessions")
     elif len(sessions) <= SESSION_ROWS:
         lines.append(f"{len(sessions)} sessions")
-        lines += _table(_SESSION_HEADERS, _session_rows(
-            sorted(sessions, key=lambda s: (s["shard"], s["id"]))))
+        lines += _table(
+            _SESSION_HEADERS, _session_rows(sorted(sessions, key=lambda s: (s["shard"], s["id"])))
+        )
     else:
         per_shard = Counter(s["shard"] for s in sessions)
         states = Counter(s.get("state", "?") for s in sessions)
         lines.append(
             f"{len(sessions)} sessions: "
             + ", ".join(f"shard {k}: {v}" for k, v in sorted(per_shard.items()))
-            + "; " + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
+            + "; "
+            + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))
         )
-        lines.append(f"bytes in {_bytes(sum(s['rx_bytes'] for s in sessions))}, "
-                     f"out {_bytes(sum(s['tx_bytes'] for s in sessions))}")
+        lines.append(
+            f"bytes in {_bytes(sum(s['rx_bytes'] for s in sessions))}, "
+            f"out {_bytes(sum(s['tx_bytes'] for s in sessions))}"
+        )
         lines.append("")
         lines.append(f"longest {TOP}:")
-        lines += _table(_SESSION_HEADERS, _session_rows(
-            sorted(sessions, key=lambda s: -s["duration"])[:TOP]))
+        lines += _table(
+            _SESSION_HEADERS, _session_rows(sorted(sessions, key=lambda s: -s["duration"])[:TOP])
+        )
         lines.append("")
         lines.append(f"most idle {TOP}:")
-        lines += _table(_SESSION_HEADERS, _session_rows(
-            sorted(sessions, key=lambda s: -s["idle"])[:TOP]))
+        lines += _table(
+            _SESSION_HEADERS, _session_rows(sorted(sessions, key=lambda s: -s["idle"])[:TOP])
+        )
         lines.append("")
         lines.append("(shardd status --json lists every session)")
     return "\n".join(lines)

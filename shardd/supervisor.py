@@ -48,8 +48,14 @@ STATUS_WAIT = 1.0
 QUIT_TIMEOUT = 2.0
 
 _SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-    signal.SIGTTOU, signal.SIGUSR1, signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
 )
 
 
@@ -119,14 +125,18 @@ class Supervisor:
             for shard in self.shards:
                 shard.sock.close()
             raise
-        log.info("file descriptor limit %d per worker, so about %d sessions each",
-                 capacity, max(0, capacity - 64))
+        log.info(
+            "file descriptor limit %d per worker, so about %d sessions each",
+            capacity,
+            max(0, capacity - 64),
+        )
 
     def bind_control(self) -> None:
         """Create the control socket, at a path derived from the port unless given."""
         path = self.cfg.control or control.default_path(self.port)
-        self.control = control.ControlServer(path, SupervisorHandlers(self), self.selector,
-                                             own_directory=not self.cfg.control)
+        self.control = control.ControlServer(
+            path, SupervisorHandlers(self), self.selector, own_directory=not self.cfg.control
+        )
 
     def _add_shard_socket(self, index: int) -> Shard:
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
@@ -140,8 +150,14 @@ class Supervisor:
         self._install_signals()
         assert self.control is not None
         host = self.cfg.host
-        log.info("serving telnet on %s:%d (supervisor %d, %d workers, control %s)",
-                 host, self.port, os.getpid(), len(self.shards), self.control.path)
+        log.info(
+            "serving telnet on %s:%d (supervisor %d, %d workers, control %s)",
+            host,
+            self.port,
+            os.getpid(),
+            len(self.shards),
+            self.control.path,
+        )
         for shard in self.shards:
             self._spawn(shard)
         try:
@@ -216,8 +232,12 @@ class Supervisor:
         self.rolling.clear()
         if mode == "graceful":
             self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
-            log.info("%s: graceful stop, waiting up to %.1fs for %d workers",
-                     why, self.cfg.graceful_timeout, len(self.workers))
+            log.info(
+                "%s: graceful stop, waiting up to %.1fs for %d workers",
+                why,
+                self.cfg.graceful_timeout,
+                len(self.workers),
+            )
             for handle in self.workers.values():
                 self._send(handle, ipc.STOP)
                 handle.state = "stopping"
@@ -330,9 +350,14 @@ class Supervisor:
                 for message in handle.decoder.feed(data):
                     self._on_message(handle, message)
             except ipc.FrameError as exc:
-                log.error("shard %d: worker %d sent a bad frame (%s); replacing it",
-                          handle.shard, handle.pid, exc)
+                log.error(
+                    "shard %d: worker %d sent a bad frame (%s); replacing it",
+                    handle.shard,
+                    handle.pid,
+                    exc,
+                )
                 self._replace(handle)
+
         return on_readable
 
     def _forget_channel(self, handle: WorkerHandle) -> None:
@@ -364,8 +389,10 @@ class Supervisor:
             handle.sessions.pop(message["id"], None)
         elif kind == ipc.HELLO:
             if message["pid"] != handle.pid or message["shard"] != handle.shard:
-                raise ipc.FrameError(f"hello from pid {message['pid']} shard "
-                                     f"{message['shard']}, expected {handle.pid}/{handle.shard}")
+                raise ipc.FrameError(
+                    f"hello from pid {message['pid']} shard "
+                    f"{message['shard']}, expected {handle.pid}/{handle.shard}"
+                )
             handle.last_heartbeat = now
             self._serving(handle)
         elif kind == ipc.STOPPING:
@@ -392,8 +419,12 @@ class Supervisor:
             self.rolling_new = None
             if old is not None and old is not handle and old.pid in self.workers:
                 # the new worker is accepting: now the old one may stop
-                log.info("shard %d: worker %d replaces %d, which drains its sessions",
-                         shard.index, handle.pid, old.pid)
+                log.info(
+                    "shard %d: worker %d replaces %d, which drains its sessions",
+                    shard.index,
+                    handle.pid,
+                    old.pid,
+                )
                 self._send(old, ipc.DRAIN)
                 old.state = "draining"
 
@@ -417,8 +448,9 @@ class Supervisor:
             handle.channel.send(ipc.pack(kind, **fields))
         except (BlockingIOError, OSError) as exc:
             # control messages are tiny; a full or closed channel means a dying worker
-            log.debug("shard %d: cannot send %s to worker %d: %s",
-                      handle.shard, kind, handle.pid, exc)
+            log.debug(
+                "shard %d: cannot send %s to worker %d: %s", handle.shard, kind, handle.pid, exc
+            )
 
     # ------------------------------------------------------------------ reaping
 
@@ -443,8 +475,11 @@ class Supervisor:
         log.log(level, "shard %d: worker %d %s", handle.shard, handle.pid, how)
         if self.rolling_new is handle:
             self.rolling_new = None
-            log.error("shard %d: replacement worker died during the rolling restart; "
-                      "the old worker keeps serving", handle.shard)
+            log.error(
+                "shard %d: replacement worker died during the rolling restart; "
+                "the old worker keeps serving",
+                handle.shard,
+            )
             return
         if expected or shard is None or shard.worker not in (handle, None):
             return
@@ -475,8 +510,10 @@ class Supervisor:
         now = time.monotonic()
         if self.stopping:
             if now >= self.stop_deadline and self.workers:
-                log.warning("stop: %d workers still running after the timeout; killing them",
-                            len(self.workers))
+                log.warning(
+                    "stop: %d workers still running after the timeout; killing them",
+                    len(self.workers),
+                )
                 self._kill_all()
             return
         for shard in self.shards:
@@ -489,8 +526,13 @@ class Supervisor:
                 continue
             silent = now - handle.last_heartbeat
             if silent > timeout:
-                log.error("shard %d: worker %d sent no heartbeat for %.1fs (timeout %.1fs); "
-                          "killing it", handle.shard, handle.pid, silent, timeout)
+                log.error(
+                    "shard %d: worker %d sent no heartbeat for %.1fs (timeout %.1fs); killing it",
+                    handle.shard,
+                    handle.pid,
+                    silent,
+                    timeout,
+                )
                 self._replace(handle)
         self._roll(now)
         self._answer_status_waiters(now)

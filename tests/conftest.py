@@ -52,8 +52,9 @@ def connect(port: int, host: str = "127.0.0.1") -> socket.socket:
     return socket.create_connection((host, port), timeout=10)
 
 
-def read_until(sock: socket.socket, marker: bytes, got: bytearray,
-               timeout: float = 10.0) -> bytearray:
+def read_until(
+    sock: socket.socket, marker: bytes, got: bytearray, timeout: float = 10.0
+) -> bytearray:
     """Receive into ``got`` until ``marker`` is in it; fail on timeout or EOF."""
     deadline = time.monotonic() + timeout
     while marker not in got:
@@ -79,8 +80,11 @@ class ServerProcess:
         self._cond = threading.Condition()
         if "--workers" not in args:
             args = ("--workers", "0", *args)
-        command = [str(Path(sys.executable).parent / "shardd")] if console_script \
+        command = (
+            [str(Path(sys.executable).parent / "shardd")]
+            if console_script
             else [sys.executable, "-m", "shardd"]
+        )
         self.proc = subprocess.Popen(
             [*command, "serve", "--host", "127.0.0.1", "--port", "0", *args],
             cwd=cwd,
@@ -158,7 +162,10 @@ def run_shardd(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess
     """Run one ``shardd`` command to completion."""
     return subprocess.run(
         [sys.executable, "-m", "shardd", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -171,4 +178,3 @@ async def harness() -> AsyncIterator[Any]:
     h = Harness()
     yield h
     await h.aclose()
-

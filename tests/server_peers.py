@@ -88,8 +88,7 @@ class Harness:
     async def protocol(self, index: int = 0) -> Any:
         """The ``index``-th protocol made, once its connection_made has run."""
         await async_wait_until(
-            lambda: len(self.protocols) > index
-            and self.protocols[index]._transport is not None,
+            lambda: len(self.protocols) > index and self.protocols[index]._transport is not None,
             TIMEOUT,
             "connection_made",
         )
@@ -181,9 +180,7 @@ class RawClient:
         try:
             data = await asyncio.wait_for(self.reader.read(65536), remaining)
         except TimeoutError:
-            raise AssertionError(
-                f"timed out; received so far: {bytes(self.received)!r}"
-            ) from None
+            raise AssertionError(f"timed out; received so far: {bytes(self.received)!r}") from None
         except ConnectionError:
             data = b""
         if not data:
@@ -198,9 +195,7 @@ class RawClient:
             if i >= 0:
                 return i + len(pattern)
             if self.eof:
-                raise AssertionError(
-                    f"EOF before {pattern!r}; received: {bytes(self.received)!r}"
-                )
+                raise AssertionError(f"EOF before {pattern!r}; received: {bytes(self.received)!r}")
             await self._read_more(deadline)
 
     async def expect_len(self, n: int, timeout: float = TIMEOUT) -> None:

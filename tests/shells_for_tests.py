@@ -13,8 +13,20 @@ from workers.shells import LineEditor
 
 #: the ``get_extra_info`` keys ``report`` sends back
 REPORTED_KEYS = (
-    "TERM", "term", "cols", "rows", "charset", "LANG", "USER", "DISPLAY",
-    "COLUMNS", "LINES", "ttype1", "ttype2", "tspeed", "xdisploc",
+    "TERM",
+    "term",
+    "cols",
+    "rows",
+    "charset",
+    "LANG",
+    "USER",
+    "DISPLAY",
+    "COLUMNS",
+    "LINES",
+    "ttype1",
+    "ttype2",
+    "tspeed",
+    "xdisploc",
 )
 REPORT_PREFIX = "REPORT "
 
@@ -38,8 +50,9 @@ async def report(reader: Any, writer: Any) -> None:
     """
 
     def send_report() -> None:
-        _write(writer, REPORT_PREFIX + json.dumps(session_report(reader, writer),
-                                                  default=str) + "\r\n")
+        _write(
+            writer, REPORT_PREFIX + json.dumps(session_report(reader, writer), default=str) + "\r\n"
+        )
 
     send_report()
     editor = LineEditor(reader, writer)
@@ -61,6 +74,7 @@ async def report(reader: Any, writer: Any) -> None:
 
 # Shells that misbehave on purpose, for the load-test tool's failure kinds
 # (tests/test_loadtest.py).
+
 
 async def upper_echo(reader: Any, writer: Any) -> None:
     """Echo, upper-cased: what comes back differs from what was sent."""

@@ -13,8 +13,19 @@ from shardd.bench import CONTENDERS, SCENARIOS
 
 def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
     result = run_shardd(
-        "bench", "--rounds", "1", "--duration", "0.3", "--sessions", "20",
-        "--connect-sessions", "60", "--idle-sessions", "100", "--json", timeout=240,
+        "bench",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.3",
+        "--sessions",
+        "20",
+        "--connect-sessions",
+        "60",
+        "--idle-sessions",
+        "100",
+        "--json",
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -28,8 +39,7 @@ def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
             else:
                 assert value and value > 0, (name, scenario, value)
     # shardd against each anchor, and 2 workers against 1
-    assert set(report["ratios"]["shardd-1w"]) == {"telnetlib3", "uvloop-streams",
-                                                  "uvloop-protocol"}
+    assert set(report["ratios"]["shardd-1w"]) == {"telnetlib3", "uvloop-streams", "uvloop-protocol"}
     assert "shardd-1w" in report["ratios"]["shardd-2w"]
     ratio = report["ratios"]["shardd-1w"]["telnetlib3"]["echo-1k"]
     expected = report["median"]["shardd-1w"]["echo-1k"] / report["median"]["telnetlib3"]["echo-1k"]
@@ -44,9 +54,20 @@ def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
 
 def test_bench_table_names_the_ratios() -> None:
     result = run_shardd(
-        "bench", "--rounds", "1", "--duration", "0.2", "--sessions", "10",
-        "--contenders", "shardd-1w,uvloop-streams", "--scenarios", "echo-64,connect",
-        "--connect-sessions", "30", timeout=120,
+        "bench",
+        "--rounds",
+        "1",
+        "--duration",
+        "0.2",
+        "--sessions",
+        "10",
+        "--contenders",
+        "shardd-1w,uvloop-streams",
+        "--scenarios",
+        "echo-64,connect",
+        "--connect-sessions",
+        "30",
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
@@ -56,13 +77,16 @@ def test_bench_table_names_the_ratios() -> None:
     assert "idle" not in result.stdout
 
 
-@pytest.mark.parametrize(("args", "word"), [
-    (["--rounds", "0"], "rounds"),
-    (["--duration", "nan"], "duration"),
-    (["--contenders", "shardd-1w,nginx"], "nginx"),
-    (["--scenarios", "echo-64,ping"], "ping"),
-    (["--idle-sessions", "100000"], "idle-sessions"),
-])
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [
+        (["--rounds", "0"], "rounds"),
+        (["--duration", "nan"], "duration"),
+        (["--contenders", "shardd-1w,nginx"], "nginx"),
+        (["--scenarios", "echo-64,ping"], "ping"),
+        (["--idle-sessions", "100000"], "idle-sessions"),
+    ],
+)
 def test_bench_bad_flag_is_one_line_and_exit_2(args: list[str], word: str) -> None:
     result = run_shardd("bench", *args)
     assert result.returncode == 2, result

@@ -196,12 +196,12 @@ def test_stop_is_bounded_by_graceful_timeout_when_a_client_never_reads(serve) ->
 
 # ------------------------------------------------- shells from the current directory
 
-PROJECT_SHELL = '''
+PROJECT_SHELL = """
 async def shell(reader, writer):
     import workers.server
     writer.write(f"their shell on {workers.server.TelnetServer.__name__}\\r\\n")
     await writer.drain()
-'''
+"""
 
 
 @pytest.mark.parametrize("console_script", [False, True], ids=["python -m shardd", "shardd"])
@@ -210,9 +210,16 @@ def test_shell_from_a_project_with_its_own_workers_package(serve, tmp_path, cons
     (tmp_path / "theirmod.py").write_text(PROJECT_SHELL)
     (tmp_path / "workers").mkdir()
     (tmp_path / "workers" / "__init__.py").write_text(
-        'raise ImportError("the project\'s own workers package was imported")\n')
-    server = serve("--shell", "theirmod:shell", "--connect-maxwait", "0.2", cwd=tmp_path,
-                   console_script=console_script)
+        'raise ImportError("the project\'s own workers package was imported")\n'
+    )
+    server = serve(
+        "--shell",
+        "theirmod:shell",
+        "--connect-maxwait",
+        "0.2",
+        cwd=tmp_path,
+        console_script=console_script,
+    )
     with connect(server.port) as sock:
         got = read_until(sock, IAC_DO_TTYPE, bytearray())
         read_until(sock, b"their shell on TelnetServer\r\n", got)
@@ -224,7 +231,10 @@ def test_a_module_missing_from_shardd_own_package_names_the_shadowing(tmp_path) 
     (tmp_path / "workers" / "tasks.py").write_text("async def shell(reader, writer): pass\n")
     result = subprocess.run(
         [sys.executable, "-m", "shardd", "serve", "--port", "0", "--shell", "workers.tasks:shell"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=20,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert result.returncode == 2, result
     lines = result.stderr.splitlines()

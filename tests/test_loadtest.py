@@ -48,11 +48,13 @@ def dead_port() -> Iterator[int]:
 
 # ------------------------------------------------------------- scenarios
 
+
 @pytest.mark.parametrize("shell", ["echo", "welcome"])
 def test_connect_sets_up_every_session(serve: Any, shell: str) -> None:
     server = serve("--shell", shell)
-    code, s = loadtest("connect", "--port", str(server.port), "--sessions", "40",
-                       "--concurrency", "8")
+    code, s = loadtest(
+        "connect", "--port", str(server.port), "--sessions", "40", "--concurrency", "8"
+    )
     assert code == 0, s
     assert (s["scenario"], s["sessions"], s["attempts"], s["setups"]) == ("connect", 40, 40, 40)
     assert s["failures"] == {} and s["failures_total"] == 0 and s["passed"]
@@ -63,8 +65,9 @@ def test_connect_sets_up_every_session(serve: Any, shell: str) -> None:
 
 def test_echo_round_trips(serve: Any) -> None:
     server = serve(*ECHO)
-    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "4", "--size", "700",
-                       "--duration", "0.5")
+    code, s = loadtest(
+        "echo", "--port", str(server.port), "--sessions", "4", "--size", "700", "--duration", "0.5"
+    )
     assert code == 0, s
     assert (s["sessions"], s["established"], s["size"]) == (4, 4, 700)
     assert s["failures"] == {}
@@ -78,8 +81,19 @@ def test_idle_holds_sessions_and_reports_rss_per_session(serve: Any) -> None:
     server = serve("--workers", "1", *ECHO)
     status = json.loads(run_shardd("status", "--port", str(server.port), "--json").stdout)
     worker_pids = [w["pid"] for w in status["workers"]]
-    code, s = loadtest("idle", "--port", str(server.port), "--server-port", str(server.port),
-                       "--sessions", "60", "--concurrency", "20", "--duration", "0.3")
+    code, s = loadtest(
+        "idle",
+        "--port",
+        str(server.port),
+        "--server-port",
+        str(server.port),
+        "--sessions",
+        "60",
+        "--concurrency",
+        "20",
+        "--duration",
+        "0.3",
+    )
     assert code == 0, s
     assert (s["sessions"], s["opened"], s["held"]) == (60, 60, 60)
     assert s["failures"] == {}
@@ -89,13 +103,23 @@ def test_idle_holds_sessions_and_reports_rss_per_session(serve: Any) -> None:
     assert rss["before_bytes"] > 0 and rss["holding_bytes"] > 0
     assert isinstance(rss["per_session_bytes"], int)
     assert rss["per_session_bytes"] == round(
-        (rss["holding_bytes"] - rss["before_bytes"]) / s["held"])
+        (rss["holding_bytes"] - rss["before_bytes"]) / s["held"]
+    )
 
 
 def test_idle_reads_rss_of_given_pids(serve: Any) -> None:
     server = serve(*ECHO)  # one process, no supervisor: its own pid
-    code, s = loadtest("idle", "--port", str(server.port), "--pids", str(server.proc.pid),
-                       "--sessions", "10", "--duration", "0.2")
+    code, s = loadtest(
+        "idle",
+        "--port",
+        str(server.port),
+        "--pids",
+        str(server.proc.pid),
+        "--sessions",
+        "10",
+        "--duration",
+        "0.2",
+    )
     assert code == 0, s
     assert s["held"] == 10
     assert s["rss"]["pids"] == [server.proc.pid] and s["rss"]["holding_bytes"] > 0
@@ -103,17 +127,39 @@ def test_idle_reads_rss_of_given_pids(serve: Any) -> None:
 
 def test_idle_without_a_server_to_measure_is_refused_before_connecting(serve: Any) -> None:
     server = serve(*ECHO)  # no supervisor, so no control socket
-    result = run_shardd("loadtest", "idle", "--port", str(server.port),
-                        "--server-port", str(server.port), "--sessions", "1")
+    result = run_shardd(
+        "loadtest",
+        "idle",
+        "--port",
+        str(server.port),
+        "--server-port",
+        str(server.port),
+        "--sessions",
+        "1",
+    )
     assert result.returncode == 1
     assert "control socket" in result.stderr and result.stdout == ""
 
 
 def test_storm_arrivals_at_rate(serve: Any) -> None:
     server = serve(*ECHO)
-    code, s = loadtest("storm", "--port", str(server.port), "--rate", "40", "--duration", "0.5",
-                       "--hold-min", "0.05", "--hold-max", "0.15", "--seed", "7",
-                       "--max-sessions", "50")
+    code, s = loadtest(
+        "storm",
+        "--port",
+        str(server.port),
+        "--rate",
+        "40",
+        "--duration",
+        "0.5",
+        "--hold-min",
+        "0.05",
+        "--hold-max",
+        "0.15",
+        "--seed",
+        "7",
+        "--max-sessions",
+        "50",
+    )
     assert code == 0, s
     # arrivals at 0, 1/40, ... while under 0.5 s
     assert (s["attempts"], s["successes"], s["skipped"]) == (20, 20, 0)
@@ -125,19 +171,43 @@ def test_storm_arrivals_at_rate(serve: Any) -> None:
 def test_storm_skips_arrivals_beyond_max_sessions(serve: Any) -> None:
     server = serve(*ECHO)
     # ten arrivals within 0.45 s; the first is held 1 s, so the other nine find it there
-    code, s = loadtest("storm", "--port", str(server.port), "--rate", "20", "--duration", "0.5",
-                       "--hold-min", "1", "--hold-max", "1", "--max-sessions", "1")
+    code, s = loadtest(
+        "storm",
+        "--port",
+        str(server.port),
+        "--rate",
+        "20",
+        "--duration",
+        "0.5",
+        "--hold-min",
+        "1",
+        "--hold-max",
+        "1",
+        "--max-sessions",
+        "1",
+    )
     assert code == 0, s
     assert (s["attempts"], s["successes"], s["skipped"], s["peak_in_flight"]) == (1, 1, 9, 1)
 
 
 # ------------------------------------------------------- processes, sources
 
+
 def test_procs_and_sources_split_and_merge(serve: Any) -> None:
     server = serve(*ECHO)
-    code, s = loadtest("connect", "--port", str(server.port), "--sessions", "31",
-                       "--concurrency", "6", "--procs", "3", "--source",
-                       "127.0.0.2,127.0.0.3")
+    code, s = loadtest(
+        "connect",
+        "--port",
+        str(server.port),
+        "--sessions",
+        "31",
+        "--concurrency",
+        "6",
+        "--procs",
+        "3",
+        "--source",
+        "127.0.0.2,127.0.0.3",
+    )
     assert code == 0, s
     assert s["procs"] == 3
     assert (s["attempts"], s["setups"], s["concurrency"]) == (31, 31, 6)
@@ -150,18 +220,38 @@ def test_procs_and_sources_split_and_merge(serve: Any) -> None:
 def test_server_sees_peers_from_every_source(serve: Any) -> None:
     server = serve("--workers", "1", *ECHO)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardd", "loadtest", "idle", "--port", str(server.port),
-         "--sessions", "10", "--duration", "60", "--procs", "2",
-         "--source", "127.0.0.2,127.0.0.3", "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "shardd",
+            "loadtest",
+            "idle",
+            "--port",
+            str(server.port),
+            "--sessions",
+            "10",
+            "--duration",
+            "60",
+            "--procs",
+            "2",
+            "--source",
+            "127.0.0.2,127.0.0.3",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
+
         def peers() -> list[str]:
             reply = run_shardd("status", "--port", str(server.port), "--json")
             return [c["peer"] for c in json.loads(reply.stdout)["connections"]]
 
-        seen = wait_until(lambda: len(peers()) == 10 and peers(), timeout=20,
-                          what="10 sessions in shardd status")
+        seen = wait_until(
+            lambda: len(peers()) == 10 and peers(), timeout=20, what="10 sessions in shardd status"
+        )
         hosts = [peer.rsplit(":", 1)[0] for peer in seen]  # type: ignore[union-attr]
         assert sorted(hosts) == ["127.0.0.2"] * 5 + ["127.0.0.3"] * 5
         proc.send_signal(signal.SIGINT)  # ends the hold early, with a summary
@@ -179,6 +269,7 @@ def test_server_sees_peers_from_every_source(serve: Any) -> None:
 
 # --------------------------------------------------------- failure kinds
 
+
 def test_refused_fails_the_run_unless_allowed(dead_port: int) -> None:
     code, s = loadtest("connect", "--port", str(dead_port), "--sessions", "3")
     assert code == 1
@@ -186,16 +277,16 @@ def test_refused_fails_the_run_unless_allowed(dead_port: int) -> None:
     assert s["failures_by_phase"] == {"connect": {"refused": 3}}
     assert (s["setups"], s["passed"]) == (0, False)
 
-    code, s = loadtest("connect", "--port", str(dead_port), "--sessions", "3",
-                       "--max-failures", "3")
+    code, s = loadtest(
+        "connect", "--port", str(dead_port), "--sessions", "3", "--max-failures", "3"
+    )
     assert code == 0
     assert s["failures"] == {"refused": 3} and s["passed"] is True
 
 
 def test_corrupt_echo(serve: Any) -> None:
     server = serve("--shell", "tests.shells_for_tests:upper_echo")
-    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "3",
-                       "--duration", "0.3")
+    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "3", "--duration", "0.3")
     assert code == 1
     assert s["failures"] == {"corrupt echo": 3}
     assert s["established"] == 0 and s["round_trips"] == 0
@@ -203,16 +294,16 @@ def test_corrupt_echo(serve: Any) -> None:
 
 def test_short_echo(serve: Any) -> None:
     server = serve("--shell", "tests.shells_for_tests:half_echo")
-    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "3", "--size", "200",
-                       "--duration", "0.3")
+    code, s = loadtest(
+        "echo", "--port", str(server.port), "--sessions", "3", "--size", "200", "--duration", "0.3"
+    )
     assert code == 1
     assert s["failures"] == {"short echo": 3}
 
 
 def test_echo_that_stops_coming_back_is_a_timeout(serve: Any) -> None:
     server = serve("--shell", "tests.shells_for_tests:echo_once")
-    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "2",
-                       "--duration", "1")
+    code, s = loadtest("echo", "--port", str(server.port), "--sessions", "2", "--duration", "1")
     assert code == 1
     assert s["established"] == 2 and s["round_trips"] == 0
     assert s["failures"] == {"timeout": 2}
@@ -221,8 +312,9 @@ def test_echo_that_stops_coming_back_is_a_timeout(serve: Any) -> None:
 
 def test_closed_by_server(serve: Any) -> None:
     server = serve("--shell", "tests.shells_for_tests:close_at_once")
-    code, s = loadtest("connect", "--port", str(server.port), "--sessions", "5",
-                       "--concurrency", "5")
+    code, s = loadtest(
+        "connect", "--port", str(server.port), "--sessions", "5", "--concurrency", "5"
+    )
     assert code == 1
     assert s["failures"] == {"closed by server": 5}
     assert s["failures_by_phase"] == {"negotiation": {"closed by server": 5}}
@@ -230,13 +322,15 @@ def test_closed_by_server(serve: Any) -> None:
 
 def test_negotiation_timeout(serve: Any) -> None:
     server = serve("--shell", "tests.shells_for_tests:silent")
-    code, s = loadtest("connect", "--port", str(server.port), "--sessions", "2",
-                       "--negotiation-timeout", "0.3")
+    code, s = loadtest(
+        "connect", "--port", str(server.port), "--sessions", "2", "--negotiation-timeout", "0.3"
+    )
     assert code == 1
     assert s["failures"] == {"negotiation timeout": 2}
 
 
 # ------------------------------------------------------------ bad values
+
 
 def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     try:
@@ -298,7 +392,9 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("args", "word"), BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
 def test_bad_value_is_one_line_and_exit_2(
-    args: list[str], word: str, monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    word: str,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("a client process was started"))
@@ -308,6 +404,7 @@ def test_bad_value_is_one_line_and_exit_2(
 
 
 # ------------------------------------------------------------- latencies
+
 
 def test_latencies_merge_like_one_histogram() -> None:
     rng = random.Random(3)

@@ -47,10 +47,32 @@ IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
 
 SUPERVISOR_FIELDS = {"pid", "uptime", "listen", "workers"}
-WORKER_FIELDS = {"shard", "pid", "state", "restarts", "connections", "accepted",
-                 "accept_queue", "cpu_percent", "rss_bytes", "last_report_age"}
-CONNECTION_FIELDS = {"shard", "worker_pid", "id", "peer", "duration", "idle", "rx_bytes",
-                     "tx_bytes", "term", "cols", "rows", "encoding"}
+WORKER_FIELDS = {
+    "shard",
+    "pid",
+    "state",
+    "restarts",
+    "connections",
+    "accepted",
+    "accept_queue",
+    "cpu_percent",
+    "rss_bytes",
+    "last_report_age",
+}
+CONNECTION_FIELDS = {
+    "shard",
+    "worker_pid",
+    "id",
+    "peer",
+    "duration",
+    "idle",
+    "rx_bytes",
+    "tx_bytes",
+    "term",
+    "cols",
+    "rows",
+    "encoding",
+}
 
 SYS_PIDFD_GETFD = 438  # x86_64
 NOBODY = pwd.getpwnam("nobody")
@@ -59,6 +81,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root (
 
 
 # ------------------------------------------------------------------ servers
+
 
 class Server(ServerProcess):
     """``shardd serve`` with exactly ``args`` (nothing added), stderr collected.
@@ -73,8 +96,11 @@ class Server(ServerProcess):
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shardd", "serve", *args],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
@@ -82,8 +108,11 @@ class Server(ServerProcess):
             if log_file is None:
                 match = self.wait_for_log(LISTENING, timeout=20)
             else:
-                match = wait_until(lambda: self._listening_in(log_file), timeout=20,
-                                   what=f"the listening line in {log_file}")
+                match = wait_until(
+                    lambda: self._listening_in(log_file),
+                    timeout=20,
+                    what=f"the listening line in {log_file}",
+                )
         except BaseException:
             self.proc.kill()
             self.proc.wait(5)
@@ -135,6 +164,7 @@ def sup_pid(server: ServerProcess) -> int:
 
 # ------------------------------------------------------------ control socket
 
+
 def control_raw(path: str, payload: bytes, timeout: float = 10.0) -> Any:
     """Send raw bytes to a control socket; the decoded reply (AssertionError if none)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -165,8 +195,14 @@ def status_of(server: ServerProcess, path: str | None = None) -> dict[str, Any]:
     return control(path or default_path(server.port), {"cmd": "status"})
 
 
-def serving_workers(server: ServerProcess, count: int, *, not_pids: AbstractSet[int] = frozenset(),
-                    timeout: float = 20.0, path: str | None = None) -> dict[int, dict[str, Any]]:
+def serving_workers(
+    server: ServerProcess,
+    count: int,
+    *,
+    not_pids: AbstractSet[int] = frozenset(),
+    timeout: float = 20.0,
+    path: str | None = None,
+) -> dict[int, dict[str, Any]]:
     """Wait until exactly ``count`` workers serve shards 0..count-1 (none in ``not_pids``)."""
 
     def ready() -> dict[int, dict[str, Any]] | None:
@@ -194,6 +230,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 # ----------------------------------------------------------------- sessions
+
 
 def peer_of(sock: socket.socket) -> str:
     """How the server names this client: host:port."""
@@ -231,6 +268,7 @@ def echo_round_trip(port: int) -> bytes:
 
 # --------------------------------------------------- a worker's IPC channel
 
+
 def steal_channel(supervisor: int, worker: int) -> socket.socket:
     """A duplicate of ``worker``'s end of its socketpair with ``supervisor``.
 
@@ -258,14 +296,19 @@ def steal_channel(supervisor: int, worker: int) -> socket.socket:
             match = re.fullmatch(r"socket:\[(\d+)\]", target)
             if match is None or int(match.group(1)) not in unix_inodes:
                 continue
-            fd = libc.syscall(ctypes.c_long(SYS_PIDFD_GETFD), ctypes.c_long(pidfd),
-                              ctypes.c_long(int(name)), ctypes.c_long(0))
+            fd = libc.syscall(
+                ctypes.c_long(SYS_PIDFD_GETFD),
+                ctypes.c_long(pidfd),
+                ctypes.c_long(int(name)),
+                ctypes.c_long(0),
+            )
             if fd < 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"pidfd_getfd({worker}, {name}): {os.strerror(err)}")
             sock = socket.socket(fileno=fd)
             creator, _uid, _gid = struct.unpack(
-                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                "3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            )
             if creator == supervisor:
                 return sock
             sock.close()
@@ -278,22 +321,41 @@ BAD_FRAMES = [
     # (id, bytes written into the worker's end, what the log line must show)
     ("not-msgpack", b"\xc1\xc1not msgpack", [r"\\xc1|c1 ?c1|not msgpack"]),
     ("unknown-type", msgpack.packb({"t": "bogus", "x": 1}), ["bogus"]),
-    ("wrong-field-type", msgpack.packb({"t": "heartbeat", "time": "noon"}),
-     ["heartbeat", "time", "noon"]),
-    ("bad-session-entry", msgpack.packb({"t": "report", "time": 1.0, "accepted": 0,
-                                         "sessions": [[1, "x"]], "last": True,
-                                         "reply": False}), ["report", "session"]),
+    (
+        "wrong-field-type",
+        msgpack.packb({"t": "heartbeat", "time": "noon"}),
+        ["heartbeat", "time", "noon"],
+    ),
+    (
+        "bad-session-entry",
+        msgpack.packb(
+            {
+                "t": "report",
+                "time": 1.0,
+                "accepted": 0,
+                "sessions": [[1, "x"]],
+                "last": True,
+                "reply": False,
+            }
+        ),
+        ["report", "session"],
+    ),
     ("not-a-map", msgpack.packb([1, 2, 3]), ["list"]),
     ("hello-from-elsewhere", msgpack.packb({"t": "hello", "pid": 1, "shard": 1}), ["hello"]),
-    ("oversized", msgpack.packb({"t": "heartbeat", "time": 1.0, "pad": b"\0" * (5 << 20)}),
-     ["4194304|larger|too large|too big"]),
+    (
+        "oversized",
+        msgpack.packb({"t": "heartbeat", "time": 1.0, "pad": b"\0" * (5 << 20)}),
+        ["4194304|larger|too large|too big"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("frame", "patterns"), [f[1:] for f in BAD_FRAMES],
-                         ids=[f[0] for f in BAD_FRAMES])
+@pytest.mark.parametrize(
+    ("frame", "patterns"), [f[1:] for f in BAD_FRAMES], ids=[f[0] for f in BAD_FRAMES]
+)
 def test_bad_frame_on_worker_channel_replaces_only_that_worker(
-        serve, frame: bytes, patterns: list[str]) -> None:
+    serve, frame: bytes, patterns: list[str]
+) -> None:
     server = serve("--workers", "2")
     before = serving_workers(server, 2)
     victim = before[1]["pid"]
@@ -313,8 +375,11 @@ def test_bad_frame_on_worker_channel_replaces_only_that_worker(
     # the new worker takes connections (sent to both shards), and sessions work
     socks = [connect(server.port) for _ in range(16)]
     try:
-        wait_until(lambda: {w["shard"]: w for w in status_of(server)["workers"]}[1]["accepted"],
-                   10, "the new worker accepting")
+        wait_until(
+            lambda: {w["shard"]: w for w in status_of(server)["workers"]}[1]["accepted"],
+            10,
+            "the new worker accepting",
+        )
     finally:
         for each in socks:
             each.close()
@@ -328,6 +393,7 @@ def test_bad_frame_on_worker_channel_replaces_only_that_worker(
 
 
 # ------------------------------------------------------------ control socket
+
 
 def test_control_socket_default_path_is_derived_from_the_port_and_mode_0600(launch) -> None:
     port = free_port()
@@ -349,8 +415,9 @@ def test_control_socket_default_path_is_derived_from_the_port_and_mode_0600(laun
 def test_control_flag_overrides_the_path(launch, tmp_path: Path) -> None:
     port = free_port()
     path = tmp_path / "run" / "ctl.sock"  # its directory does not exist yet
-    server = launch("--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-                    "--control", str(path))
+    server = launch(
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--control", str(path)
+    )
     mode = os.stat(path).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, oct(mode)
     assert not os.path.exists(default_path(port))
@@ -391,15 +458,20 @@ sys.exit(0 if data else 4)
 def run_as_nobody(path: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [SYSTEM_PYTHON, "-I", "-c", _NOBODY_CLIENT, path],
-        user=NOBODY.pw_uid, group=NOGROUP.gr_gid, extra_groups=[], cwd="/",
-        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=20,
+        user=NOBODY.pw_uid,
+        group=NOGROUP.gr_gid,
+        extra_groups=[],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
 
 
 def test_non_root_user_cannot_get_a_status(launch, shared_dir: Path) -> None:
     path = shared_dir / "ctl.sock"
-    server = launch("--host", "127.0.0.1", "--port", "0", "--workers", "2",
-                    "--control", str(path))
+    server = launch("--host", "127.0.0.1", "--port", "0", "--workers", "2", "--control", str(path))
     # the file mode keeps other users out
     denied = run_as_nobody(str(path))
     assert denied.stdout.split()[:2] == [str(NOBODY.pw_uid), "connect-denied"], denied
@@ -429,8 +501,11 @@ BAD_REQUESTS = [
     ("workers-bad-delta", msgpack.packb({"cmd": "workers", "delta": "lots"}), "delta"),
     ("workers-huge-delta", msgpack.packb({"cmd": "workers", "delta": 10**6}), "delta"),
     ("workers-bool-delta", msgpack.packb({"cmd": "workers", "delta": True}), "delta"),
-    ("oversized", msgpack.packb({"cmd": "status", "pad": "x" * 200_000}),
-     "too large|undecodable|exceeds"),
+    (
+        "oversized",
+        msgpack.packb({"cmd": "status", "pad": "x" * 200_000}),
+        "too large|undecodable|exceeds",
+    ),
 ]
 
 
@@ -468,8 +543,7 @@ def test_status_with_no_server_is_one_line_and_nonzero(tmp_path: Path) -> None:
     stale = tmp_path / "stale.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(str(stale))
-    for command in (["status"], ["status", "--json"], ["reload"], ["stop"],
-                    ["workers", "+1"]):
+    for command in (["status"], ["status", "--json"], ["reload"], ["stop"], ["workers", "+1"]):
         result = run_shardd(*command, "--control", str(stale))
         assert result.returncode != 0, (command, result)
         assert str(stale) in one_line_error(result), command
@@ -477,11 +551,12 @@ def test_status_with_no_server_is_one_line_and_nonzero(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------- status
 
+
 def _worker_rows(text: str) -> dict[int, list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("SHARD  PID"))
     rows: dict[int, list[str]] = {}
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip():
             break
         cells = line.split()
@@ -514,7 +589,9 @@ def test_status_human_view_and_json_fields(serve) -> None:
         header = text.splitlines()[0]
         assert re.fullmatch(
             rf"shardd supervisor {sup_pid(server)}, up \d+s, listening on "
-            rf"127\.0\.0\.1:{server.port}, 2 shards", header), header
+            rf"127\.0\.0\.1:{server.port}, 2 shards",
+            header,
+        ), header
         assert re.search(r"^SHARD\s+PID\s+STATE\s+RESTARTS\s+SESSIONS", text, re.M), text
         rows = _worker_rows(text)
         assert set(rows) == {0, 1}, text
@@ -569,8 +646,11 @@ def test_status_summarises_more_than_50_sessions(serve) -> None:
         for _ in range(60):
             socks.append(connect(server.port))
         peers = {peer_of(s) for s in socks}
-        wait_until(lambda: {c["peer"] for c in status_of(server)["connections"]} == peers,
-                   20, "60 sessions in the status")
+        wait_until(
+            lambda: {c["peer"] for c in status_of(server)["connections"]} == peers,
+            20,
+            "60 sessions in the status",
+        )
 
         result = run_shardd("status", "--port", str(server.port), "--json")
         assert result.returncode == 0, result
@@ -583,8 +663,7 @@ def test_status_summarises_more_than_50_sessions(serve) -> None:
         human = run_shardd("status", "--port", str(server.port))
         assert human.returncode == 0, human
         text = human.stdout
-        summary = next((line for line in text.splitlines() if line.startswith("60 sessions")),
-                       None)
+        summary = next((line for line in text.splitlines() if line.startswith("60 sessions")), None)
         assert summary is not None, text
         for shard, count in per_shard.items():
             assert f"shard {shard}: {count}" in summary, (summary, per_shard)
@@ -599,8 +678,11 @@ def test_status_summarises_more_than_50_sessions(serve) -> None:
             sock.close()
         socks = socks[:50]
         peers = {peer_of(s) for s in socks}
-        wait_until(lambda: {c["peer"] for c in status_of(server)["connections"]} == peers,
-                   20, "50 sessions in the status")
+        wait_until(
+            lambda: {c["peer"] for c in status_of(server)["connections"]} == peers,
+            20,
+            "50 sessions in the status",
+        )
         human = run_shardd("status", "--port", str(server.port))
         assert human.returncode == 0, human
         assert "50 sessions" in human.stdout
@@ -611,8 +693,9 @@ def test_status_summarises_more_than_50_sessions(serve) -> None:
             sock.close()
 
 
-def _read_output(proc: subprocess.Popen[bytes], done: Callable[[bytes], bool],
-                 timeout: float = 15.0) -> bytes:
+def _read_output(
+    proc: subprocess.Popen[bytes], done: Callable[[bytes], bool], timeout: float = 15.0
+) -> bytes:
     """Everything ``proc`` writes to stdout until ``done(output)``; fail at the deadline."""
     assert proc.stdout is not None
     output = b""
@@ -635,9 +718,21 @@ def test_status_watch_refreshes(serve, as_json: bool) -> None:
     serving_workers(server, 2)
     args = ["--json"] if as_json else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardd", "status", "--port", str(server.port), "--watch", "0.2",
-         *args],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "shardd",
+            "status",
+            "--port",
+            str(server.port),
+            "--watch",
+            "0.2",
+            *args,
+        ],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -678,8 +773,12 @@ def test_accept_queue_counts_connections_a_stopped_worker_has_not_taken(serve) -
         def queued() -> dict[int, dict[str, Any]] | None:
             rows = {w["shard"]: w for w in status_of(server)["workers"]}
             # every connection is either queued for the stopped worker or taken by the other
-            if (rows[0]["accept_queue"] and rows[1]["accepted"] and not rows[1]["accept_queue"]
-                    and rows[0]["accept_queue"] + rows[1]["accepted"] == len(socks)):
+            if (
+                rows[0]["accept_queue"]
+                and rows[1]["accepted"]
+                and not rows[1]["accept_queue"]
+                and rows[0]["accept_queue"] + rows[1]["accepted"] == len(socks)
+            ):
                 return rows
             return None
 
@@ -698,8 +797,10 @@ def test_accept_queue_counts_connections_a_stopped_worker_has_not_taken(serve) -
 
         def drained() -> bool:
             status = status_of(server)
-            return (all(w["accept_queue"] == 0 for w in status["workers"])
-                    and {c["peer"] for c in status["connections"]} == peers)
+            return (
+                all(w["accept_queue"] == 0 for w in status["workers"])
+                and {c["peer"] for c in status["connections"]} == peers
+            )
 
         wait_until(drained, 20, "the queued connections accepted")
         assert serving_workers(server, 2)[0]["pid"] == stopped  # it was not replaced
@@ -709,6 +810,7 @@ def test_accept_queue_counts_connections_a_stopped_worker_has_not_taken(serve) -
 
 
 # ------------------------------------------------ reload, workers, stop
+
 
 def test_reload_workers_and_stop(serve) -> None:
     server = serve("--workers", "2")
@@ -759,6 +861,7 @@ def test_reload_workers_and_stop(serve) -> None:
 
 # -------------------------------------------------------------------- config
 
+
 def test_config_file_settings(launch, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "shardd.toml"
@@ -794,10 +897,12 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "words"), [c[1:] for c in BAD_CONFIGS],
-                         ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, text: str,
-                                                words: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("text", "words"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
+def test_bad_config_file_is_one_line_and_exit_2(
+    tmp_path: Path, text: str, words: list[str]
+) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(text)
     result = run_shardd("serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0")
@@ -810,6 +915,7 @@ def test_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, text: str,
 
 
 # ------------------------------------------------------------ pidfile, logs
+
 
 def test_pidfile_holds_the_supervisor_pid_and_is_removed(serve, tmp_path: Path) -> None:
     pidfile = tmp_path / "shardd.pid"
@@ -831,16 +937,28 @@ def _fd_targets(pid: int) -> set[str]:
 def test_log_file_is_reopened_on_sigusr1(launch, tmp_path: Path) -> None:
     log_file = tmp_path / "shardd.log"
     rotated = tmp_path / "shardd.log.1"
-    server = launch("--host", "127.0.0.1", "--port", "0", "--workers", "2",
-                    "--log-file", str(log_file), log_file=log_file)
+    server = launch(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--log-file",
+        str(log_file),
+        log_file=log_file,
+    )
     workers = serving_workers(server, 2)
     first = log_file.read_text()
     assert "shard 0: worker" in first and "shard 1: worker" in first, first
     assert server.log_text() == ""  # nothing on stderr
     log_file.rename(rotated)
     os.kill(sup_pid(server), signal.SIGUSR1)
-    wait_until(lambda: log_file.exists() and "log files reopened" in log_file.read_text(),
-               10, "the supervisor logging to a new file")
+    wait_until(
+        lambda: log_file.exists() and "log files reopened" in log_file.read_text(),
+        10,
+        "the supervisor logging to a new file",
+    )
 
     # every worker holds the new file, none the rotated one
     def reopened() -> bool:
@@ -853,8 +971,11 @@ def test_log_file_is_reopened_on_sigusr1(launch, tmp_path: Path) -> None:
     wait_until(reopened, 10, "the workers reopening the log file")
     result = run_shardd("workers", "-1", "--port", str(server.port))
     assert result.returncode == 0, result
-    wait_until(lambda: f"shard 1: worker {workers[1]['pid']} draining" in log_file.read_text(),
-               10, "the draining worker's line in the new file")
+    wait_until(
+        lambda: f"shard 1: worker {workers[1]['pid']} draining" in log_file.read_text(),
+        10,
+        "the draining worker's line in the new file",
+    )
     assert server.stop() == 0
     new = log_file.read_text()
     assert "stopped (exit status 0)" in new, new
@@ -892,6 +1013,7 @@ def test_json_log_format(serve) -> None:
 
 
 # ------------------------------------------------------------- privileges
+
 
 def _assert_runs_as_nobody(server: ServerProcess) -> dict[int, dict[str, Any]]:
     workers = serving_workers(server, 2)
@@ -967,8 +1089,9 @@ def test_stop_removes_the_control_socket_after_dropping_root(serve_as_nobody) ->
 
 def _listen_backlogs(port: int) -> list[int]:
     """Send-Q of every listening socket on ``port``: the backlog the kernel uses."""
-    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
     return [int(line.split()[2]) for line in out.splitlines() if line.strip()]
 
 

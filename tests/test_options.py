@@ -10,8 +10,11 @@ from workers.telnet.telopt import ENV_ESC, ENV_USERVAR, ENV_VALUE, ENV_VAR, INFO
 
 # bytes biased toward the NEW-ENVIRON type codes, so that structure is common
 _env_bytes = st.lists(
-    st.one_of(st.sampled_from([ENV_VAR, ENV_VALUE, ENV_USERVAR, ENV_ESC]),
-              st.integers(32, 126), st.integers(0, 255)),
+    st.one_of(
+        st.sampled_from([ENV_VAR, ENV_VALUE, ENV_USERVAR, ENV_ESC]),
+        st.integers(32, 126),
+        st.integers(0, 255),
+    ),
     max_size=60,
 ).map(bytes)
 
@@ -40,10 +43,14 @@ def test_environ_round_trip() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(max_size=40), cuts=st.lists(st.integers(0, 200), max_size=6),
-       encoding=st.sampled_from(["utf-8", "latin-1", "cp437", "utf-16", "shift_jis"]))
-def test_reader_decodes_any_split_like_one_decode(text: str, cuts: list[int],
-                                                  encoding: str) -> None:
+@given(
+    text=st.text(max_size=40),
+    cuts=st.lists(st.integers(0, 200), max_size=6),
+    encoding=st.sampled_from(["utf-8", "latin-1", "cp437", "utf-16", "shift_jis"]),
+)
+def test_reader_decodes_any_split_like_one_decode(
+    text: str, cuts: list[int], encoding: str
+) -> None:
     """The reader's direct-decode fast path never splits a character wrongly."""
     from workers.stream_reader import TelnetReader
 

@@ -56,8 +56,9 @@ class RawTelnet:
     received, ``data`` the in-band bytes once telnet commands are removed.
     """
 
-    def __init__(self, port: int, *, will: Iterable[int] = (), do: Iterable[int] = (),
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, port: int, *, will: Iterable[int] = (), do: Iterable[int] = (), timeout: float = 10.0
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.will, self.do = set(will), set(do)
         self.local: set[int] = set()  # options we perform
@@ -85,8 +86,9 @@ class RawTelnet:
         self.remote.add(option)
         self.send(bytes((IAC, DO, option)))
 
-    def read_until(self, predicate: Callable[[RawTelnet], object], timeout: float = 10.0,
-                   what: str = "") -> None:
+    def read_until(
+        self, predicate: Callable[[RawTelnet], object], timeout: float = 10.0, what: str = ""
+    ) -> None:
         deadline = time.monotonic() + timeout
         while not predicate(self):
             remaining = deadline - time.monotonic()
@@ -249,7 +251,7 @@ def _end(proc: subprocess.Popen) -> None:
 
 # ------------------------------------------------- 1. telnetlib3's client process
 
-TELNETLIB3_CLIENT = r'''
+TELNETLIB3_CLIENT = r"""
 import asyncio, json, sys, time
 import telnetlib3
 
@@ -300,15 +302,18 @@ async def main(port, term, cols, rows, lines):
 
 args = sys.argv[1:]
 asyncio.run(main(int(args[0]), args[1], int(args[2]), int(args[3]), args[4:]))
-'''
+"""
 
 
-def run_telnetlib3_client(port: int, lines: list[str], *, term: str = "xterm-256color",
-                          cols: int = 132, rows: int = 43) -> dict:
+def run_telnetlib3_client(
+    port: int, lines: list[str], *, term: str = "xterm-256color", cols: int = 132, rows: int = 43
+) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", TELNETLIB3_CLIENT, str(port), term, str(cols), str(rows),
-         *lines],
-        cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=40,
+        [sys.executable, "-c", TELNETLIB3_CLIENT, str(port), term, str(cols), str(rows), *lines],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=40,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )
     out = proc.stdout.decode("utf-8")
@@ -366,8 +371,15 @@ def _spawn_telnet(port: int, rows: int, cols: int) -> pexpect.spawn:
     telnet = shutil.which("telnet")
     assert telnet, "inetutils-telnet is not installed"
     env = {**os.environ, "TERM": "xterm"}
-    return pexpect.spawn(telnet, ["127.0.0.1", str(port)], env=env, dimensions=(rows, cols),
-                         timeout=10, encoding="utf-8", codec_errors="replace")
+    return pexpect.spawn(
+        telnet,
+        ["127.0.0.1", str(port)],
+        env=env,
+        dimensions=(rows, cols),
+        timeout=10,
+        encoding="utf-8",
+        codec_errors="replace",
+    )
 
 
 def test_inetutils_telnet_welcome_session(serve) -> None:
@@ -462,12 +474,19 @@ def test_nc_zero_io_probe_is_harmless(serve) -> None:
         assert probes < 100 and time.monotonic() < deadline, (
             f"no 'EOF received' after {probes} probes:\n{server.log_text()}"
         )
-        probe = subprocess.run(["nc", "-z", "127.0.0.1", str(server.port)],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        probe = subprocess.run(
+            ["nc", "-z", "127.0.0.1", str(server.port)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
         assert probe.returncode == 0, probe
         probes += 1
-        wait_until(lambda n=probes: server.log_text().count("connection closed") >= n, 10,
-                   f"probe {probes} to be closed")
+        wait_until(
+            lambda n=probes: server.log_text().count("connection closed") >= n,
+            10,
+            f"probe {probes} to be closed",
+        )
     server.wait_for_log(r"EOF received, closing")
     assert server.proc.poll() is None
 
@@ -507,9 +526,12 @@ def test_half_close_takes_the_eof_path(serve) -> None:
 def test_plain_nc_gets_shell_after_connect_maxwait(serve) -> None:
     server = serve("--connect-maxwait", "0.5", "--log-level", "debug")
     started = time.monotonic()
-    nc = subprocess.Popen(["nc", "127.0.0.1", str(server.port)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL)
+    nc = subprocess.Popen(
+        ["nc", "127.0.0.1", str(server.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out = StreamCollector(nc.stdout)
         first = out.wait_for(IAC_DO_TTYPE)
@@ -549,9 +571,12 @@ def test_plain_nc_non_ascii_input_does_not_kill_the_session(serve) -> None:
     """nc negotiates nothing, so the session is US-ASCII; UTF-8 typed into it
     gets the 'not valid' notice and the session goes on."""
     server = serve("--connect-maxwait", "0.2", "--log-level", "debug")
-    nc = subprocess.Popen(["nc", "127.0.0.1", str(server.port)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL)
+    nc = subprocess.Popen(
+        ["nc", "127.0.0.1", str(server.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         out = StreamCollector(nc.stdout)
         out.wait_for(b"encoding US-ASCII")
@@ -603,8 +628,9 @@ def test_echo_shell_returns_bytes_unchanged_with_iac_doubled(serve, encoding: st
         everything = bytes(range(256)) + b"\r\n\r\x00\r" + bytes(range(255, -1, -1))
         mark = len(client.data)
         client.send(everything.replace(b"\xff", b"\xff\xff"))
-        client.read_until(lambda c: len(c.data) - mark >= len(everything),
-                          what=f"{len(everything)} bytes echoed")
+        client.read_until(
+            lambda c: len(c.data) - mark >= len(everything), what=f"{len(everything)} bytes echoed"
+        )
         assert bytes(client.data[mark:]) == everything
     finally:
         client.close()
@@ -631,8 +657,11 @@ def test_echo_shell_large_binary_stream(serve) -> None:
         mark = len(client.data)
         sender = threading.Thread(target=send_all, daemon=True)
         sender.start()
-        client.read_until(lambda c: len(c.data) - mark >= len(payload), timeout=30,
-                          what="the whole payload echoed")
+        client.read_until(
+            lambda c: len(c.data) - mark >= len(payload),
+            timeout=30,
+            what="the whole payload echoed",
+        )
         sender.join(10)
         assert not sender.is_alive() and not errors, errors
         assert bytes(client.data[mark:]) == payload

@@ -419,9 +419,7 @@ async def test_nothing_requested_connects_at_once(harness):
 
 async def test_telnet_server_shell_waits_connect_maxwait_for_silent_client(harness):
     maxwait = 0.5
-    port = await harness.listen(
-        RecordingTelnetServer, shell=harness.shell, connect_maxwait=maxwait
-    )
+    port = await harness.listen(RecordingTelnetServer, shell=harness.shell, connect_maxwait=maxwait)
     client = await harness.raw_client(port)
     proto = await harness.protocol()
     await client.expect(cmd(DO, TTYPE))
@@ -434,9 +432,7 @@ async def test_telnet_server_shell_waits_connect_maxwait_for_silent_client(harne
 
 async def test_telnet_server_shell_starts_before_maxwait_for_prompt_client(harness):
     maxwait = 20.0
-    port = await harness.listen(
-        RecordingTelnetServer, shell=harness.shell, connect_maxwait=maxwait
-    )
+    port = await harness.listen(RecordingTelnetServer, shell=harness.shell, connect_maxwait=maxwait)
     await harness.engine_client(port)
     proto = await harness.protocol()
     run = await harness.shell_of(proto, timeout=maxwait / 2)
@@ -553,9 +549,7 @@ async def test_telnet_server_binary_both_ways_uses_default(harness):
 
 
 async def test_telnet_server_lang_gives_the_codec(harness):
-    proto, run, client = await _negotiated(
-        harness, env={"LANG": "fr_FR.ISO-8859-1"}, charset=None
-    )
+    proto, run, client = await _negotiated(harness, env={"LANG": "fr_FR.ISO-8859-1"}, charset=None)
     assert codecs.lookup(proto.encoding(outgoing=True)).name == "iso8859-1"
     assert codecs.lookup(proto.encoding(incoming=True)).name == "iso8859-1"
     run.writer.write("\u00e9l\u00e8ve")
@@ -674,8 +668,7 @@ async def test_get_extra_info_protocol_values_before_transport(harness):
 
 
 async def test_telnet_server_extra_info_defaults_then_transport(harness):
-    port = await harness.listen(TelnetServer, connect_maxwait=30.0, term="vt100", cols=90,
-                                rows=30)
+    port = await harness.listen(TelnetServer, connect_maxwait=30.0, term="vt100", cols=90, rows=30)
     client = await harness.raw_client(port)
     proto = await harness.protocol()
     assert proto.get_extra_info("term") == "vt100"
@@ -726,8 +719,7 @@ async def test_eof_received_on_raw_socket(harness):
 
 
 async def test_connection_lost_cancels_negotiation_timer(harness):
-    port = await harness.listen(RecordingTelnetServer, connect_maxwait=30.0,
-                                shell=harness.shell)
+    port = await harness.listen(RecordingTelnetServer, connect_maxwait=30.0, shell=harness.shell)
     client = await harness.raw_client(port)
     proto = await harness.protocol()
     await client.expect(cmd(DO, TTYPE))

@@ -174,7 +174,8 @@ def test_failing_stage_drops_only_its_connection(
         serving(_failing_stage)
     # one line, naming the peer and what was wrong
     assert [r.getMessage().split(": ", 1) for r in caplog.records] == [
-        [ANY_PEER, "connection dropped before its session: ValueError: not a header"]]
+        [ANY_PEER, "connection dropped before its session: ValueError: not a header"]
+    ]
 
 
 async def _failing_stage(running: Server, _recorder: Recorder) -> None:

@@ -30,12 +30,31 @@ HOST = "127.0.0.1"
 IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes a session gets
 WORKER_TITLE = "shardd: worker shard {}"
 CONNECTION_FIELDS = {
-    "shard", "worker_pid", "id", "peer", "duration", "idle", "rx_bytes", "tx_bytes",
-    "term", "cols", "rows", "encoding", "state",
+    "shard",
+    "worker_pid",
+    "id",
+    "peer",
+    "duration",
+    "idle",
+    "rx_bytes",
+    "tx_bytes",
+    "term",
+    "cols",
+    "rows",
+    "encoding",
+    "state",
 }
 WORKER_FIELDS = {
-    "shard", "pid", "state", "restarts", "connections", "accepted", "accept_queue",
-    "cpu_percent", "rss_bytes", "last_report_age",
+    "shard",
+    "pid",
+    "state",
+    "restarts",
+    "connections",
+    "accepted",
+    "accept_queue",
+    "cpu_percent",
+    "rss_bytes",
+    "last_report_age",
 }
 
 
@@ -381,8 +400,10 @@ def test_kill_9_worker_loses_no_connection(serve: Any) -> None:
     assert not failures, f"{len(failures)} failed attempts, first: {failures[:5]}"
     assert first_served is not None and new_pid is not None, "no replacement served a session"
     assert after >= 100
-    print(f"\nkill -9 to the replacement's first served connection: "
-          f"{first_served * 1000:.1f} ms (worker {victim['pid']} -> {new_pid})")
+    print(
+        f"\nkill -9 to the replacement's first served connection: "
+        f"{first_served * 1000:.1f} ms (worker {victim['pid']} -> {new_pid})"
+    )
 
     def replaced() -> dict[str, Any] | None:
         now = status(server)
@@ -404,8 +425,18 @@ def test_kill_9_worker_loses_no_connection(serve: Any) -> None:
 
 
 def test_sighup_rolls_every_shard_without_losing_a_connection(serve: Any) -> None:
-    server = serve("--workers", "2", "--shell", "echo", "--graceful-timeout", "30",
-                   "--connect-maxwait", "0.5", "--stats-interval", "0.2")
+    server = serve(
+        "--workers",
+        "2",
+        "--shell",
+        "echo",
+        "--graceful-timeout",
+        "30",
+        "--connect-maxwait",
+        "0.5",
+        "--stats-interval",
+        "0.2",
+    )
     st = wait_until(lambda: all_serving(server, 2), 15, "2 serving workers")
     assert isinstance(st, dict)
     old = {w["pid"] for w in st["workers"]}
@@ -438,9 +469,11 @@ def test_sighup_rolls_every_shard_without_losing_a_connection(serve: Any) -> Non
             now = wait_until(rolled, 30, "every shard to get a new serving worker")
             assert isinstance(now, dict)
             ok_at_roll = [loop.ok for loop in loops]
-            wait_until(lambda: all(loop.ok >= n + 50 for loop, n in zip(loops, ok_at_roll,
-                                                                        strict=True)),
-                       20, "50 more attempts per loop after the roll")
+            wait_until(
+                lambda: all(loop.ok >= n + 50 for loop, n in zip(loops, ok_at_roll, strict=True)),
+                20,
+                "50 more attempts per loop after the roll",
+            )
         failures = [f for loop in loops for f in loop.failures]
         total = sum(loop.ok for loop in loops)
         assert not failures, f"{len(failures)} of {total} attempts failed: {failures[:5]}"
@@ -475,8 +508,18 @@ def test_sighup_rolls_every_shard_without_losing_a_connection(serve: Any) -> Non
 
 def test_sigterm_says_goodbye_and_exits_0(serve: Any) -> None:
     graceful = 10.0
-    server = serve("--workers", "2", "--shell", "welcome", "--connect-maxwait", "0.3",
-                   "--graceful-timeout", str(graceful), "--stats-interval", "0.2")
+    server = serve(
+        "--workers",
+        "2",
+        "--shell",
+        "welcome",
+        "--connect-maxwait",
+        "0.3",
+        "--graceful-timeout",
+        str(graceful),
+        "--stats-interval",
+        "0.2",
+    )
     st = wait_until(lambda: all_serving(server, 2), 15, "2 serving workers")
     assert isinstance(st, dict)
     pids = [w["pid"] for w in st["workers"]]
@@ -516,8 +559,11 @@ def test_workers_exit_when_the_supervisor_is_killed(serve: Any) -> None:
     try:
         server.proc.kill()
         server.proc.wait(5)
-        wait_until(lambda: all(gone(pid) for pid in pids), 5,
-                   "the orphaned workers to die (PR_SET_PDEATHSIG)")
+        wait_until(
+            lambda: all(gone(pid) for pid in pids),
+            5,
+            "the orphaned workers to die (PR_SET_PDEATHSIG)",
+        )
     finally:
         for sock in sessions:
             sock.close()
@@ -527,8 +573,18 @@ def test_workers_exit_when_the_supervisor_is_killed(serve: Any) -> None:
 
 
 def test_stalled_worker_is_killed_and_replaced(serve: Any) -> None:
-    server = serve("--workers", "2", "--shell", "echo", "--worker-timeout", "1.5",
-                   "--stats-interval", "0.2", "--graceful-timeout", "2")
+    server = serve(
+        "--workers",
+        "2",
+        "--shell",
+        "echo",
+        "--worker-timeout",
+        "1.5",
+        "--stats-interval",
+        "0.2",
+        "--graceful-timeout",
+        "2",
+    )
     st = wait_until(lambda: all_serving(server, 2), 15, "2 serving workers")
     assert isinstance(st, dict)
     victim = worker_of(st, 0)

@@ -143,8 +143,12 @@ class Arrival(asyncio.Protocol):
         except asyncio.CancelledError:
             return
         except Exception as exc:
-            log.warning("%s: connection dropped before its session: %s: %s",
-                        self.peer, type(exc).__name__, exc)
+            log.warning(
+                "%s: connection dropped before its session: %s: %s",
+                self.peer,
+                type(exc).__name__,
+                exc,
+            )
             if self.transport is not None:
                 self.transport.abort()
             return

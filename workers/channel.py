@@ -88,8 +88,7 @@ class SupervisorChannel:
         self.server = server
         server.sessions.on_close = self._session_closed
         loop = asyncio.get_running_loop()
-        _t, self.ipc = await loop.create_unix_connection(lambda: _IpcProtocol(self),
-                                                         sock=self.sock)
+        _t, self.ipc = await loop.create_unix_connection(lambda: _IpcProtocol(self), sock=self.sock)
 
     def serving(self) -> None:
         assert self.ipc is not None
@@ -100,8 +99,13 @@ class SupervisorChannel:
             self._schedule_report()
 
     def stopping(self, mode: StopMode, sessions: int) -> None:
-        log.info("shard %d: worker %d %s, %d sessions", self.shard, os.getpid(),
-                 _WINDING_DOWN[mode], sessions)
+        log.info(
+            "shard %d: worker %d %s, %d sessions",
+            self.shard,
+            os.getpid(),
+            _WINDING_DOWN[mode],
+            sessions,
+        )
         if self.ipc is not None:
             self.ipc.send(ipc.STOPPING, sessions=sessions)
 
@@ -205,8 +209,14 @@ class SupervisorChannel:
     def _send_batch(self, batch: list[list[Any]], *, last: bool, reply: bool) -> None:
         if self.ipc is None or self.server is None or (self.ipc.paused and not reply):
             return  # the supervisor is behind: skip, the next report catches up
-        self.ipc.send(ipc.REPORT, time=time.monotonic(), accepted=self.server.sessions.accepted,
-                      sessions=batch, last=last, reply=reply)
+        self.ipc.send(
+            ipc.REPORT,
+            time=time.monotonic(),
+            accepted=self.server.sessions.accepted,
+            sessions=batch,
+            last=last,
+            reply=reply,
+        )
 
 
 def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:

@@ -40,7 +40,15 @@ STATUS = "status"  # send a report now (reply=True on its last frame)
 
 # The order of a session's values inside a report.
 SESSION_FIELDS = (
-    "id", "rx_bytes", "tx_bytes", "last_received", "state", "term", "cols", "rows", "encoding",
+    "id",
+    "rx_bytes",
+    "tx_bytes",
+    "last_received",
+    "state",
+    "term",
+    "cols",
+    "rows",
+    "encoding",
 )
 
 _NUMBER = (int, float)
@@ -49,15 +57,28 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     HEARTBEAT: {"time": _NUMBER},
     OPEN: {"sessions": (list,)},
     CLOSE: {"id": (int,)},
-    REPORT: {"time": _NUMBER, "accepted": (int,), "sessions": (list,), "last": (bool,),
-             "reply": (bool,)},
+    REPORT: {
+        "time": _NUMBER,
+        "accepted": (int,),
+        "sessions": (list,),
+        "last": (bool,),
+        "reply": (bool,),
+    },
     STOPPING: {"sessions": (int,)},
     STOP: {},
     DRAIN: {},
     STATUS: {},
 }
 _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
-    (int,), (int,), (int,), _NUMBER, (str,), (str,), (int,), (int,), (str,),
+    (int,),
+    (int,),
+    (int,),
+    _NUMBER,
+    (str,),
+    (str,),
+    (int,),
+    (int,),
+    (str,),
 )
 
 
@@ -93,9 +114,14 @@ def check(message: Any) -> dict[str, Any]:
 
 
 def _check_opened(entry: Any) -> None:
-    if (not isinstance(entry, list) or len(entry) != 3 or type(entry[0]) is not int
-            or not isinstance(entry[1], str) or not isinstance(entry[2], _NUMBER)
-            or isinstance(entry[2], bool)):
+    if (
+        not isinstance(entry, list)
+        or len(entry) != 3
+        or type(entry[0]) is not int
+        or not isinstance(entry[1], str)
+        or not isinstance(entry[2], _NUMBER)
+        or isinstance(entry[2], bool)
+    ):
         raise FrameError(f"open: session entry {entry!r:.80} is not [id, peer, connected_at]")
 
 
@@ -111,9 +137,7 @@ class Decoder:
     """Frames in, checked messages out; bounded by MAX_FRAME."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._unpacker = msgpack.Unpacker(
-            raw=False, max_buffer_size=max_frame, strict_map_key=True
-        )
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max_frame, strict_map_key=True)
         self._last = b""
 
     def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
@@ -128,8 +152,7 @@ class Decoder:
                 message = next(self._unpacker)
             except StopIteration:
                 return
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError,
-                    msgpack.StackError) as exc:
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
                 detail = f": {exc}" if str(exc) else ""
                 raise FrameError(
                     f"undecodable frame ({type(exc).__name__}{detail}) in {self._last!r}"

@@ -26,8 +26,11 @@ def _search_current_directory_last() -> None:
 
 def _shadowed_here() -> list[str]:
     """Own package names that a folder in the current directory would have shadowed."""
-    return [name for name in OWN_PACKAGES if os.path.isdir(name)
-            and os.path.realpath(name) != os.path.realpath(_own_directory(name))]
+    return [
+        name
+        for name in OWN_PACKAGES
+        if os.path.isdir(name) and os.path.realpath(name) != os.path.realpath(_own_directory(name))
+    ]
 
 
 def _own_directory(package: str) -> str:
@@ -53,8 +56,11 @@ def load(spec: str, builtins: dict[str, Any], what: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         missing = (exc.name or "").split(".")[0]
-        hint = f" (./{missing} here is not imported: shardd's own {missing} package comes " \
-            "first)" if missing in _shadowed_here() else ""
+        hint = (
+            f" (./{missing} here is not imported: shardd's own {missing} package comes first)"
+            if missing in _shadowed_here()
+            else ""
+        )
         raise ValueError(f"{what} {spec!r}: cannot import {module_name!r}: {exc}{hint}") from None
     obj: Any = module
     for part in attr.split("."):

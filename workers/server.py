@@ -65,16 +65,23 @@ class TelnetServer(BaseServer):
 
     TTYPE_LOOPMAX = 8
 
-    __slots__ = ("_awaiting", "_charset", "_environ", "_environ_replies_due", "_naws_seen",
-                 "_ttypes")
+    __slots__ = (
+        "_awaiting",
+        "_charset",
+        "_environ",
+        "_environ_replies_due",
+        "_naws_seen",
+        "_ttypes",
+    )
 
     accept_local = frozenset({SGA, ECHO, BINARY, EOR, STATUS, TM})
     accept_remote = frozenset(
         {TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TSPEED, XDISPLOC, EOR, SGA}
     )
 
-    def __init__(self, *args: Any, term: str = "unknown", cols: int = 80, rows: int = 25,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, term: str = "unknown", cols: int = 80, rows: int = 25, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         # 'term' is TERM in lower case, derived when asked for
         self._extra.update({"TERM": term.upper(), "cols": cols, "rows": rows})
@@ -201,8 +208,14 @@ class TelnetServer(BaseServer):
         if option == BINARY:
             self._update_codecs()
         if not local:
-            for key, opt in (("ttype", TTYPE), ("tspeed", TSPEED), ("xdisploc", XDISPLOC),
-                             ("naws", NAWS), ("charset", CHARSET), ("environ", NEW_ENVIRON)):
+            for key, opt in (
+                ("ttype", TTYPE),
+                ("tspeed", TSPEED),
+                ("xdisploc", XDISPLOC),
+                ("naws", NAWS),
+                ("charset", CHARSET),
+                ("environ", NEW_ENVIRON),
+            ):
                 if opt == option:
                     self._received_reply(key)
 
@@ -220,8 +233,13 @@ class TelnetServer(BaseServer):
         try:
             handler(self, payload)
         except ValueError as exc:
-            self.log.warning("%s: bad %s subnegotiation: %s (%r)", self.peer,
-                             name_option(option), exc, payload[:64])
+            self.log.warning(
+                "%s: bad %s subnegotiation: %s (%r)",
+                self.peer,
+                name_option(option),
+                exc,
+                payload[:64],
+            )
 
     def _on_ttype(self, payload: bytes) -> None:
         value = options.parse_is(payload)

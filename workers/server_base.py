@@ -58,11 +58,33 @@ class BaseServer(asyncio.Protocol):
     # A worker holds thousands of these: slots instead of an instance dict.
     # (A subclass without __slots__ still gets a dict for its own attributes.)
     __slots__ = (
-        "_acknowledged", "_advanced", "_check_later", "_drain_waiters", "_encoding_errors",
-        "_engine", "_extra", "_last_received", "_limit", "_loop", "_shell_task", "_transport",
-        "_waiter_closed", "_waiter_connected", "_when_connected", "closed", "connect_maxwait",
-        "default_encoding", "force_binary", "log", "reader", "rx_bytes", "shared_extra", "shell",
-        "tx_bytes", "writer", "writing_paused",
+        "_acknowledged",
+        "_advanced",
+        "_check_later",
+        "_drain_waiters",
+        "_encoding_errors",
+        "_engine",
+        "_extra",
+        "_last_received",
+        "_limit",
+        "_loop",
+        "_shell_task",
+        "_transport",
+        "_waiter_closed",
+        "_waiter_connected",
+        "_when_connected",
+        "closed",
+        "connect_maxwait",
+        "default_encoding",
+        "force_binary",
+        "log",
+        "reader",
+        "rx_bytes",
+        "shared_extra",
+        "shell",
+        "tx_bytes",
+        "writer",
+        "writing_paused",
     )
 
     def __init__(
@@ -130,8 +152,9 @@ class BaseServer(asyncio.Protocol):
             self._start_session(self._transport)
         except Exception as exc:
             # a half-made session would hang its client forever: drop it
-            self.log.error("%s: cannot start session: %s: %s", self.peer,
-                           type(exc).__name__, exc, exc_info=exc)
+            self.log.error(
+                "%s: cannot start session: %s: %s", self.peer, type(exc).__name__, exc, exc_info=exc
+            )
             self._transport.abort()
 
     def _start_session(self, transport: asyncio.Transport) -> None:
@@ -421,7 +444,10 @@ class BaseServer(asyncio.Protocol):
                 self.log.debug("%s: shell ended by lost connection: %s", self.peer, exc)
             elif exc is not None:
                 self.log.error(
-                    "%s: shell failed: %s: %s", self.peer, type(exc).__name__, exc,
+                    "%s: shell failed: %s: %s",
+                    self.peer,
+                    type(exc).__name__,
+                    exc,
                     exc_info=exc,
                 )
         if self._transport is not None and not self._transport.is_closing():

@@ -33,9 +33,27 @@ class TelnetReader:
     """
 
     __slots__ = (
-        "_buf", "_cr", "_cr_pending", "_decode_error", "_decoder", "_direct", "_discarding",
-        "_empty", "_eof", "_errors", "_exception", "_lf", "_limit", "_loop", "_nul", "_partial",
-        "_pause", "_paused", "_resume", "_waiter", "encoding",
+        "_buf",
+        "_cr",
+        "_cr_pending",
+        "_decode_error",
+        "_decoder",
+        "_direct",
+        "_discarding",
+        "_empty",
+        "_eof",
+        "_errors",
+        "_exception",
+        "_lf",
+        "_limit",
+        "_loop",
+        "_nul",
+        "_partial",
+        "_pause",
+        "_paused",
+        "_resume",
+        "_waiter",
+        "encoding",
     )
 
     def __init__(
@@ -96,8 +114,7 @@ class TelnetReader:
         self.encoding = encoding
         name = codecs.lookup(encoding).name
         # UTF-8: a chunk ending in an ASCII byte ends on a character boundary
-        self._direct = _ALWAYS if name in _STATELESS else _ASCII_END if name == "utf-8" \
-            else _NEVER
+        self._direct = _ALWAYS if name in _STATELESS else _ASCII_END if name == "utf-8" else _NEVER
         self._partial = bool(decoder.getstate()[0])
 
     def feed_data(self, raw: bytes) -> None:
@@ -107,8 +124,7 @@ class TelnetReader:
         if decoder is not None:
             try:
                 direct = self._direct
-                if direct and not self._partial and raw and (
-                        direct == _ALWAYS or raw[-1] < 0x80):
+                if direct and not self._partial and raw and (direct == _ALWAYS or raw[-1] < 0x80):
                     # the encoding is set whenever the decoder is
                     data = raw.decode(self.encoding, self._errors)  # type: ignore[arg-type]
                 else:

@@ -36,8 +36,16 @@ log = logging.getLogger("shardd.worker")
 PR_SET_PDEATHSIG = 1
 # Signals the supervisor handles; a worker starts from their defaults.
 INHERITED_SIGNALS = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN,
-    signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGPIPE,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGCHLD,
+    signal.SIGPIPE,
 )
 
 
@@ -104,12 +112,19 @@ async def _serve(
     ipc_sock: socket.socket,
     opts: SessionOptions,
 ) -> None:
-    server = Server(listen_sock, opts, backlog=settings.backlog,
-                    graceful_timeout=settings.graceful_timeout,
-                    shared_extra={"shard": settings.shard})
-    channel = SupervisorChannel(ipc_sock, settings.shard,
-                                stats_interval=settings.stats_interval,
-                                heartbeat_interval=settings.heartbeat_interval)
+    server = Server(
+        listen_sock,
+        opts,
+        backlog=settings.backlog,
+        graceful_timeout=settings.graceful_timeout,
+        shared_extra={"shard": settings.shard},
+    )
+    channel = SupervisorChannel(
+        ipc_sock,
+        settings.shard,
+        stats_interval=settings.stats_interval,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
     if settings.reopen_logs is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, settings.reopen_logs)
     await server.serve({signal.SIGTERM: "stop", signal.SIGQUIT: "quit"}, channel)

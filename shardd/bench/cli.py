@@ -21,11 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--rounds", default="3", help="rounds, contenders alternating (default 3)")
     add("--duration", default="5", metavar="SECONDS", help="each echo measurement (default 5)")
     add("--sessions", default="100", help="echo sessions (default 100)")
-    add("--connect-sessions", default="2000",
-        help="setups per connect measurement (default 2000)")
+    add("--connect-sessions", default="2000", help="setups per connect measurement (default 2000)")
     add("--connect-concurrency", default="20", help="setups in flight (default 20)")
-    add("--idle-sessions", default="5000",
-        help="sessions held for the memory measurement (default 5000)")
+    add(
+        "--idle-sessions",
+        default="5000",
+        help="sessions held for the memory measurement (default 5000)",
+    )
     add("--contenders", metavar="A,B,...", help="a subset of " + ",".join(CONTENDERS))
     add("--scenarios", metavar="A,B,...", help="a subset of " + ",".join(SCENARIOS))
     add("--json", action="store_true", help="the whole report as JSON")
@@ -37,8 +39,9 @@ def _subset(key: str, text: str | None, known: list[str]) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
     if not names or unknown:
-        raise ConfigError(key, f"unknown {', '.join(unknown) or 'empty list'}; "
-                               f"choose from {', '.join(known)}")
+        raise ConfigError(
+            key, f"unknown {', '.join(unknown) or 'empty list'}; choose from {', '.join(known)}"
+        )
     return names
 
 
@@ -54,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
         contenders=_subset("contenders", args.contenders, list(CONTENDERS)),
         scenarios=_subset("scenarios", args.scenarios, list(SCENARIOS)),
     )
-    progress = (lambda text: print(text, file=sys.stderr, flush=True)) \
-        if sys.stderr.isatty() or not args.json else None
+    progress = (
+        (lambda text: print(text, file=sys.stderr, flush=True))
+        if sys.stderr.isatty() or not args.json
+        else None
+    )
     try:
         result = run_bench(settings, progress)
     except BenchError as exc:

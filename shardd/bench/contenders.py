@@ -25,22 +25,38 @@ class Contender:
 
 
 def _shardd(workers: int) -> tuple[str, ...]:
-    return (sys.executable, "-m", "shardd", "serve", "--host", HOST, "--port", "{port}",
-            "--workers", str(workers), "--shell", "echo", "--log-level", "warning")
+    return (
+        sys.executable,
+        "-m",
+        "shardd",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        "{port}",
+        "--workers",
+        str(workers),
+        "--shell",
+        "echo",
+        "--log-level",
+        "warning",
+    )
 
 
 def _anchor(kind: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "shardd.bench.anchors", kind, "--host", HOST,
-            "--port", "{port}")
+    return (sys.executable, "-m", "shardd.bench.anchors", kind, "--host", HOST, "--port", "{port}")
 
 
-CONTENDERS: dict[str, Contender] = {c.name: c for c in (
-    Contender("shardd-1w", _shardd(1), shards=1),
-    Contender("shardd-2w", _shardd(2), shards=2),
-    Contender("telnetlib3", _anchor("telnetlib3"), anchor=True),
-    Contender("uvloop-streams", _anchor("streams"), anchor=True),
-    Contender("uvloop-protocol", _anchor("protocol"), anchor=True),
-)}
+CONTENDERS: dict[str, Contender] = {
+    c.name: c
+    for c in (
+        Contender("shardd-1w", _shardd(1), shards=1),
+        Contender("shardd-2w", _shardd(2), shards=2),
+        Contender("telnetlib3", _anchor("telnetlib3"), anchor=True),
+        Contender("uvloop-streams", _anchor("streams"), anchor=True),
+        Contender("uvloop-protocol", _anchor("protocol"), anchor=True),
+    )
+}
 
 
 class BenchError(RuntimeError):
@@ -57,8 +73,9 @@ class Server:
         # a file, not a pipe: nobody reads a contender's log while it runs, and a
         # full pipe would freeze it mid-write (telnetlib3 logs every reset)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log
+        )
         try:
             self._wait_ready(20.0)
         except BaseException:
@@ -71,8 +88,10 @@ class Server:
             if self.proc.poll() is not None:
                 self.log.seek(0)
                 err = self.log.read().decode(errors="replace")
-                raise BenchError(f"{self.contender.name} exited with status "
-                                 f"{self.proc.returncode}: {err.strip()[-500:]}")
+                raise BenchError(
+                    f"{self.contender.name} exited with status "
+                    f"{self.proc.returncode}: {err.strip()[-500:]}"
+                )
             if self._ready():
                 return
             time.sleep(0.05)  # polling a starting process, bounded by the deadline
@@ -81,13 +100,15 @@ class Server:
     def _ready(self) -> bool:
         if self.contender.shards:
             try:
-                status = control.request(control.default_path(self.port), {"cmd": "status"},
-                                         timeout=2.0)
+                status = control.request(
+                    control.default_path(self.port), {"cmd": "status"}, timeout=2.0
+                )
             except control.ControlError:
                 return False
             workers = status["workers"]
             return len(workers) == self.contender.shards and all(
-                w["state"] == "serving" for w in workers)
+                w["state"] == "serving" for w in workers
+            )
         try:
             socket.create_connection((HOST, self.port), timeout=1.0).close()
         except OSError:

@@ -35,7 +35,8 @@ class BenchScenario:
 
 SCENARIOS: dict[str, BenchScenario] = {
     case.name: BenchScenario(scenario, case)
-    for scenario in LOADTEST_SCENARIOS.values() for case in scenario.bench
+    for scenario in LOADTEST_SCENARIOS.values()
+    for case in scenario.bench
 }
 
 
@@ -59,16 +60,18 @@ def measure(name: str, server: Server, settings: BenchSettings) -> tuple[float, 
     if scenario.memory_barrier is not None:
         kwargs["pids"] = server.pids()
         hooks = balance = _BalanceHooks(server, scenario.memory_barrier)
-    result = _run(scenario.run(HOST, server.port, **kwargs, hooks=hooks),
-                  f"{server.contender.name} {name}")
+    result = _run(
+        scenario.run(HOST, server.port, **kwargs, hooks=hooks), f"{server.contender.name} {name}"
+    )
     summary = result.summary()
     if balance is not None:
         summary["shard_sessions"] = balance.balance
     figure = case.figure(summary)
     failures = summary.get("failures_total", 0)
     if failures:
-        raise BenchError(f"{server.contender.name} {name}: {failures} failures "
-                         f"{summary.get('failures')}")
+        raise BenchError(
+            f"{server.contender.name} {name}: {failures} failures {summary.get('failures')}"
+        )
     return figure, summary
 
 

@@ -25,8 +25,7 @@ def render(report: dict[str, Any]) -> str:
     machine = report["machine"]
     # in the bench's own order, whatever the order asked for; cases may share a line
     about = Settings(**settings)
-    what = dict.fromkeys(s.case.about(about) for name, s in SCENARIOS.items()
-                         if name in scenarios)
+    what = dict.fromkeys(s.case.about(about) for name, s in SCENARIOS.items() if name in scenarios)
     lines = [
         f"shardd bench: {settings['rounds']} rounds, medians; {machine['cpus']} CPUs "
         f"({machine['cpu_model']}), Python {machine['python']}, uvloop {machine['uvloop']}",
@@ -34,24 +33,32 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     header = ["contender", *(f"{s} ({SCENARIOS[s].case.unit})" for s in scenarios)]
-    rows = [[name, *(show_figure(report["median"][name][s], SCENARIOS[s].case)
-                     for s in scenarios)]
-            for name in settings["contenders"]]
+    rows = [
+        [name, *(show_figure(report["median"][name][s], SCENARIOS[s].case) for s in scenarios)]
+        for name in settings["contenders"]
+    ]
     lines += _table(header, rows)
     for name, per_anchor in report["ratios"].items():
         if CONTENDERS[name].anchor:
             continue
         lines.append("")
         lower = [s for s in scenarios if not SCENARIOS[s].case.higher_is_better]
-        lines.append(f"{name} ratios" + (f" ({', '.join(lower)}: lower is better)"
-                                         if lower else ""))
-        lines += _table(["against", *scenarios], [
-            [anchor, *("-" if r[s] is None else f"{r[s]:.2f}x" for s in scenarios)]
-            for anchor, r in per_anchor.items()])
+        lines.append(
+            f"{name} ratios" + (f" ({', '.join(lower)}: lower is better)" if lower else "")
+        )
+        lines += _table(
+            ["against", *scenarios],
+            [
+                [anchor, *("-" if r[s] is None else f"{r[s]:.2f}x" for s in scenarios)]
+                for anchor, r in per_anchor.items()
+            ],
+        )
     for name, info in report["shard_balance"].items():
         lines.append("")
-        lines.append(f"{name} sessions per shard while idle: {info['sessions']} "
-                     f"(max/min {info['max_over_min']})")
+        lines.append(
+            f"{name} sessions per shard while idle: {info['sessions']} "
+            f"(max/min {info['max_over_min']})"
+        )
     return "\n".join(lines)
 
 

@@ -27,7 +27,8 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> di
     """Every round of every contender and scenario; the report as a dict."""
     say = progress or (lambda _text: None)
     samples: dict[str, dict[str, list[float]]] = {
-        c: {s: [] for s in settings.scenarios} for c in settings.contenders}
+        c: {s: [] for s in settings.scenarios} for c in settings.contenders
+    }
     details: list[dict[str, Any]] = []
     balance: dict[str, list[list[int]]] = {}
     plain = [s for s in settings.scenarios if not SCENARIOS[s].case.fresh_server]
@@ -46,25 +47,37 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> di
                     for scenario in group:
                         figure, summary = measure(scenario, server, settings)
                         samples[name][scenario].append(figure)
-                        details.append({"round": round_no + 1, "contender": name,
-                                        "scenario": scenario, "figure": figure,
-                                        "summary": summary})
+                        details.append(
+                            {
+                                "round": round_no + 1,
+                                "contender": name,
+                                "scenario": scenario,
+                                "figure": figure,
+                                "summary": summary,
+                            }
+                        )
                         if summary.get("shard_sessions"):
                             balance.setdefault(name, []).append(summary["shard_sessions"])
-                        say(f"round {round_no + 1}/{settings.rounds}  {name:<16} "
-                            f"{scenario:<8} {show_figure(figure, SCENARIOS[scenario].case)}")
+                        say(
+                            f"round {round_no + 1}/{settings.rounds}  {name:<16} "
+                            f"{scenario:<8} {show_figure(figure, SCENARIOS[scenario].case)}"
+                        )
                 finally:
                     server.stop()
-    medians = {c: {s: statistics.median(v) if v else None for s, v in per.items()}
-               for c, per in samples.items()}
+    medians = {
+        c: {s: statistics.median(v) if v else None for s, v in per.items()}
+        for c, per in samples.items()
+    }
     return {
         "machine": _machine(),
         "settings": settings.__dict__,
         "elapsed_s": round(time.monotonic() - started, 1),
         "median": medians,
         "ratios": _ratios(medians, settings),
-        "shard_balance": {name: {"sessions": runs, "max_over_min": [
-            _max_over_min(r) for r in runs]} for name, runs in balance.items()},
+        "shard_balance": {
+            name: {"sessions": runs, "max_over_min": [_max_over_min(r) for r in runs]}
+            for name, runs in balance.items()
+        },
         "runs": details,
     }
 
@@ -75,8 +88,9 @@ def _max_over_min(sessions: list[int]) -> float | None:
     return round(max(sessions) / min(sessions), 3)
 
 
-def _ratios(medians: dict[str, dict[str, float | None]],
-            settings: Settings) -> dict[str, dict[str, dict[str, float | None]]]:
+def _ratios(
+    medians: dict[str, dict[str, float | None]], settings: Settings
+) -> dict[str, dict[str, dict[str, float | None]]]:
     """contender -> anchor -> scenario -> contender's figure / anchor's figure."""
     anchors = [c for c in settings.contenders if CONTENDERS[c].anchor]
     if "shardd-1w" in settings.contenders:
@@ -98,11 +112,16 @@ def _machine() -> dict[str, Any]:
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), "")
+            model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), ""
+            )
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu_model": model,
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "uvloop": version("uvloop"),
-            "kernel": platform.release()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "uvloop": version("uvloop"),
+        "kernel": platform.release(),
+    }

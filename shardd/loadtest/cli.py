@@ -22,15 +22,17 @@ def _listing(words: list[str], last: str = "and") -> str:
     return f" {last} ".join(w for w in (", ".join(words[:-1]), *words[-1:]) if w)
 
 
-HELP = "load-test a server on this machine: " + _listing(
-    [s.name for s in registry.by_name()], "or")
+HELP = "load-test a server on this machine: " + _listing([s.name for s in registry.by_name()], "or")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``loadtest`` subcommand's arguments (values are checked by :func:`run`)."""
     scenarios = registry.by_name()
-    parser.add_argument("scenario", choices=[s.name for s in scenarios],
-                        help="; ".join(f"{s.name}: {s.help}" for s in scenarios))
+    parser.add_argument(
+        "scenario",
+        choices=[s.name for s in scenarios],
+        help="; ".join(f"{s.name}: {s.help}" for s in scenarios),
+    )
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="server address, loopback only (default 127.0.0.1)")
     add("--port", default="6023", help="server port (default 6023)")
@@ -40,24 +42,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add("--" + param.flag, metavar=param.metavar, help=_flag_help(uses))
         if any(p.bounds_procs for _s, p in uses):
             bounding.append("--" + param.flag)
-    add("--procs", metavar="P", default="1",
-        help=f"client processes sharing the sessions, at most {_listing(bounding)} (1)")
-    add("--source", metavar="ADDR,...",
-        help="local addresses, loopback, used round-robin (default: the kernel's choice)")
-    add("--negotiation-timeout", metavar="SECONDS", default="10",
-        help="longest wait for the shell's first output after connecting (10)")
+    add(
+        "--procs",
+        metavar="P",
+        default="1",
+        help=f"client processes sharing the sessions, at most {_listing(bounding)} (1)",
+    )
+    add(
+        "--source",
+        metavar="ADDR,...",
+        help="local addresses, loopback, used round-robin (default: the kernel's choice)",
+    )
+    add(
+        "--negotiation-timeout",
+        metavar="SECONDS",
+        default="10",
+        help="longest wait for the shell's first output after connecting (10)",
+    )
     add("--connect-timeout", metavar="SECONDS", default="10", help="longest TCP connect (10)")
-    add("--max-failures", metavar="N", default="0",
-        help="exit status 1 when failures exceed this (0)")
+    add(
+        "--max-failures",
+        metavar="N",
+        default="0",
+        help="exit status 1 when failures exceed this (0)",
+    )
     memory = ", ".join(registry.memory_scenarios())
     rss = parser.add_mutually_exclusive_group()
-    rss.add_argument("--control", metavar="PATH",
-                     help=f"{memory}: the server's control socket, to read its workers' memory")
-    rss.add_argument("--server-port", metavar="PORT",
-                     help=f"{memory}: the port shardd serve was started with (finds its "
-                          "control socket)")
-    rss.add_argument("--pids", metavar="PID,...",
-                     help=f"{memory}: server processes to read memory of")
+    rss.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"{memory}: the server's control socket, to read its workers' memory",
+    )
+    rss.add_argument(
+        "--server-port",
+        metavar="PORT",
+        help=f"{memory}: the port shardd serve was started with (finds its control socket)",
+    )
+    rss.add_argument(
+        "--pids", metavar="PID,...", help=f"{memory}: server processes to read memory of"
+    )
     add("--json", action="store_true", help="print the summary as one JSON object")
 
 

@@ -39,7 +39,7 @@ class PipeHooks(Hooks):
         data = memoryview(self.packer.pack(message))
         try:
             while data:
-                data = data[os.write(self.up, data):]
+                data = data[os.write(self.up, data) :]
         except OSError:  # the parent is gone: nobody to report to, so stop
             self.interrupted.set()
 
@@ -84,8 +84,9 @@ def main(plan: Plan, index: int, up: int, down: int) -> int:
 
     async def share() -> Result:
         hooks.attach(plan.progress)
-        return await plan.scenario.run(plan.target.address[0], plan.target.port,
-                                       **plan.share(index), hooks=hooks)
+        return await plan.scenario.run(
+            plan.target.address[0], plan.target.port, **plan.share(index), hooks=hooks
+        )
 
     try:
         result = uvloop.run(share())

@@ -90,8 +90,12 @@ async def connect(
     """
     target = Target.resolve(host, port)
     locals_ = [target.source(s) for s in sources]
-    check_positive(sessions=sessions, concurrency=concurrency,
-                   negotiation_timeout=negotiation_timeout, connect_timeout=connect_timeout)
+    check_positive(
+        sessions=sessions,
+        concurrency=concurrency,
+        negotiation_timeout=negotiation_timeout,
+        connect_timeout=connect_timeout,
+    )
     hooks = hooks or Hooks()
     tally = Tally(negotiation_timeout)
     pick = rotation(locals_, share)
@@ -109,20 +113,35 @@ async def connect(
             await proto.closed
         in_flight -= 1
 
-    hooks.snapshot = lambda: {"setups": done, "in flight": in_flight,
-                              "failures": sum(tally.failures.values())}
+    hooks.snapshot = lambda: {
+        "setups": done,
+        "in flight": in_flight,
+        "failures": sum(tally.failures.values()),
+    }
     await hooks.barrier("start")
     started = _perf()
     attempts = await lanes(sessions, concurrency, one, hooks)
     elapsed = _perf() - started
-    return ConnectResult(sessions, concurrency, attempts, done, elapsed, setup, tally.failures,
-                         tally.failures_by_phase, tally.sources)
+    return ConnectResult(
+        sessions,
+        concurrency,
+        attempts,
+        done,
+        elapsed,
+        setup,
+        tally.failures,
+        tally.failures_by_phase,
+        tally.sources,
+    )
 
 
 def _rows(s: dict[str, Any]) -> Rows:
     return [
-        ("setups", f"{s['setups']} of {s['attempts']} attempted "
-                   f"({s['sessions']} asked, concurrency {s['concurrency']})"),
+        (
+            "setups",
+            f"{s['setups']} of {s['attempts']} attempted "
+            f"({s['sessions']} asked, concurrency {s['concurrency']})",
+        ),
         ("duration", f"{s['duration']:.3f} s"),
         ("setups/s", f"{s['setups_per_s']:.1f}"),
         ("setup ms", format_ms(s["setup_ms"])),
@@ -145,12 +164,15 @@ SCENARIO = Scenario(
     progress_rate="setups",
     bench=(
         BenchCase(
-            "connect", "setups/s", True,
-            params=lambda s: {"sessions": s.connect_sessions,
-                              "concurrency": s.connect_concurrency},
+            "connect",
+            "setups/s",
+            True,
+            params=lambda s: {"sessions": s.connect_sessions, "concurrency": s.connect_concurrency},
             figure=lambda summary: summary["setups_per_s"],
-            about=lambda s: (f"connect: {s.connect_sessions} setups with full negotiation, "
-                             f"{s.connect_concurrency} at a time"),
+            about=lambda s: (
+                f"connect: {s.connect_sessions} setups with full negotiation, "
+                f"{s.connect_concurrency} at a time"
+            ),
         ),
     ),
 )

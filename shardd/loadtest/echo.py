@@ -220,8 +220,9 @@ async def echo(
 
     async def open_one() -> None:
         try:
-            _t, proto = await open_session(lambda: _EchoSession(run), target, pick(),
-                                           connect_timeout)
+            _t, proto = await open_session(
+                lambda: _EchoSession(run), target, pick(), connect_timeout
+            )
         except OSError as exc:
             tally.fail("connect", connect_failure(exc))
             return
@@ -230,12 +231,16 @@ async def echo(
     def live() -> int:
         return sum(1 for p in protocols if not p.closing)
 
-    hooks.snapshot = lambda: {"round trips": run.round_trips, "sessions": live(),
-                              "failures": sum(tally.failures.values())}
+    hooks.snapshot = lambda: {
+        "round trips": run.round_trips,
+        "sessions": live(),
+        "failures": sum(tally.failures.values()),
+    }
     await lanes(sessions, concurrency or sessions, open_one, hooks)
     if protocols:
-        _done, pending = await asyncio.wait([p.first_done for p in protocols],
-                                            timeout=negotiation_timeout)
+        _done, pending = await asyncio.wait(
+            [p.first_done for p in protocols], timeout=negotiation_timeout
+        )
         for proto in protocols:
             if proto.first_done in pending:
                 tally.fail("negotiation", NEGOTIATION_TIMEOUT)
@@ -256,8 +261,17 @@ async def echo(
         if not proto.closing and now - proto.sent_at > stalled_after:
             tally.fail("echo", TIMEOUT)
     await close_all(protocols)
-    return EchoResult(sessions, size, elapsed, run.round_trips, run.rtts, tally.failures,
-                      tally.failures_by_phase, tally.sources, established)
+    return EchoResult(
+        sessions,
+        size,
+        elapsed,
+        run.round_trips,
+        run.rtts,
+        tally.failures,
+        tally.failures_by_phase,
+        tally.sources,
+        established,
+    )
 
 
 def _rows(s: dict[str, Any]) -> Rows:
@@ -291,11 +305,21 @@ SCENARIO = Scenario(
     time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup + p["duration"],
     progress_rate="round trips",
     bench=(
-        BenchCase("echo-64", "round trips/s", True,
-                  params=lambda s: {"sessions": s.sessions, "size": 64, "duration": s.duration},
-                  figure=lambda summary: summary["round_trips_per_s"], about=_about),
-        BenchCase("echo-1k", "round trips/s", True,
-                  params=lambda s: {"sessions": s.sessions, "size": 1024, "duration": s.duration},
-                  figure=lambda summary: summary["round_trips_per_s"], about=_about),
+        BenchCase(
+            "echo-64",
+            "round trips/s",
+            True,
+            params=lambda s: {"sessions": s.sessions, "size": 64, "duration": s.duration},
+            figure=lambda summary: summary["round_trips_per_s"],
+            about=_about,
+        ),
+        BenchCase(
+            "echo-1k",
+            "round trips/s",
+            True,
+            params=lambda s: {"sessions": s.sessions, "size": 1024, "duration": s.duration},
+            figure=lambda summary: summary["round_trips_per_s"],
+            about=_about,
+        ),
     ),
 )

@@ -37,8 +37,7 @@ class Hooks:
             pass
 
 
-async def lanes(count: int, width: int, job: Callable[[], Awaitable[None]],
-                hooks: Hooks) -> int:
+async def lanes(count: int, width: int, job: Callable[[], Awaitable[None]], hooks: Hooks) -> int:
     """Run ``job`` ``count`` times, ``width`` at once; how many were started."""
     started = 0
 

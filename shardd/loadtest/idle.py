@@ -102,8 +102,13 @@ async def idle(
     """
     target = Target.resolve(host, port)
     locals_ = [target.source(s) for s in sources]
-    check_positive(sessions=sessions, concurrency=concurrency, duration=duration,
-                   negotiation_timeout=negotiation_timeout, connect_timeout=connect_timeout)
+    check_positive(
+        sessions=sessions,
+        concurrency=concurrency,
+        duration=duration,
+        negotiation_timeout=negotiation_timeout,
+        connect_timeout=connect_timeout,
+    )
     hooks = hooks or Hooks()
     tally = Tally(negotiation_timeout)
     pick = rotation(locals_, share)
@@ -137,10 +142,20 @@ async def idle(
     await hooks.barrier(HELD)
     tally.on_lost = None
     await close_all(list(live))
-    return IdleResult(sessions, concurrency, opened, held, elapsed, setup, tally.failures,
-                      tally.failures_by_phase, tally.sources,
-                      pids=list(pids) if pids else None,
-                      rss_before=rss_before, rss_holding=rss_holding)
+    return IdleResult(
+        sessions,
+        concurrency,
+        opened,
+        held,
+        elapsed,
+        setup,
+        tally.failures,
+        tally.failures_by_phase,
+        tally.sources,
+        pids=list(pids) if pids else None,
+        rss_before=rss_before,
+        rss_holding=rss_holding,
+    )
 
 
 def _rows(s: dict[str, Any]) -> Rows:
@@ -154,8 +169,11 @@ def _rows(s: dict[str, Any]) -> Rows:
         per = rss["per_session_bytes"]
         rows += [
             ("server pids", ", ".join(str(p) for p in rss["pids"] or []) or "-"),
-            ("server rss", f"{rss['before_bytes'] / 2**20:.1f} MiB before, "
-                           f"{rss['holding_bytes'] / 2**20:.1f} MiB holding"),
+            (
+                "server rss",
+                f"{rss['before_bytes'] / 2**20:.1f} MiB before, "
+                f"{rss['holding_bytes'] / 2**20:.1f} MiB holding",
+            ),
             ("rss/session", "-" if per is None else f"{per / 1024:.1f} KiB"),
         ]
     return rows
@@ -183,13 +201,18 @@ SCENARIO = Scenario(
     memory_barrier=HELD,
     bench=(
         BenchCase(
-            "idle", "RSS bytes/session", False,
-            params=lambda s: {"sessions": s.idle_sessions, "duration": s.idle_hold,
-                              "concurrency": 100},
-            figure=lambda summary: ((summary["rss"] or {}).get("per_session_bytes")
-                                    or float("nan")),
-            about=lambda s: (f"idle: {s.idle_sessions} negotiated sessions, server RSS "
-                             "growth per session"),
+            "idle",
+            "RSS bytes/session",
+            False,
+            params=lambda s: {
+                "sessions": s.idle_sessions,
+                "duration": s.idle_hold,
+                "concurrency": 100,
+            },
+            figure=lambda summary: (summary["rss"] or {}).get("per_session_bytes") or float("nan"),
+            about=lambda s: (
+                f"idle: {s.idle_sessions} negotiated sessions, server RSS growth per session"
+            ),
             show=lambda figure: f"{figure / 1024:.2f} KiB",
             fresh_server=True,
         ),

@@ -72,8 +72,12 @@ class Latencies:
         return result
 
     def to_wire(self) -> list[Any]:
-        return [self.count, self.min if self.count else None, self.max,
-                [[i, n] for i, n in self.buckets.items()]]
+        return [
+            self.count,
+            self.min if self.count else None,
+            self.max,
+            [[i, n] for i, n in self.buckets.items()],
+        ]
 
     @classmethod
     def from_wire(cls, wire: list[Any]) -> Latencies:

@@ -71,9 +71,10 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
     takers.update(dict.fromkeys(MEMORY_FLAGS, memory_scenarios()))
     for name, scenarios in takers.items():
         if getattr(args, name) is not None and scenario.name not in scenarios:
-            raise ConfigError(name.replace("_", "-"),
-                              f"does not apply to the {scenario.name} scenario "
-                              f"(only {', '.join(scenarios)})")
+            raise ConfigError(
+                name.replace("_", "-"),
+                f"does not apply to the {scenario.name} scenario (only {', '.join(scenarios)})",
+            )
     port = check_int("port", args.port, 1, 65535)
     try:
         target = Target.resolve(args.host, port)
@@ -83,8 +84,9 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
     if args.source is not None:
         for text in args.source.split(","):
             if not text.strip():
-                raise ConfigError("source", f"give addresses separated by commas, not "
-                                            f"{args.source!r}")
+                raise ConfigError(
+                    "source", f"give addresses separated by commas, not {args.source!r}"
+                )
             try:
                 sources.append(target.source(text.strip()))
             except ValueError as exc:
@@ -98,22 +100,29 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
     procs = check_int("procs", args.procs, 1, MAX_PROCS)
     procs = min([procs, *(params[p.name] for p in scenario.params if p.bounds_procs)])
     plan = Plan(
-        scenario=scenario, target=target, sources=sources, procs=procs, params=params,
-        negotiation_timeout=check_float("negotiation-timeout", args.negotiation_timeout,
-                                        0.0, 3600.0, above=True, unit=None),
-        connect_timeout=check_float("connect-timeout", args.connect_timeout, 0.0, 3600.0,
-                                    above=True, unit=None),
+        scenario=scenario,
+        target=target,
+        sources=sources,
+        procs=procs,
+        params=params,
+        negotiation_timeout=check_float(
+            "negotiation-timeout", args.negotiation_timeout, 0.0, 3600.0, above=True, unit=None
+        ),
+        connect_timeout=check_float(
+            "connect-timeout", args.connect_timeout, 0.0, 3600.0, above=True, unit=None
+        ),
         max_failures=check_int("max-failures", args.max_failures, 0, 10**12),
-        json=args.json, progress=progress,
+        json=args.json,
+        progress=progress,
     )
     if args.control is not None:
         plan.control_path = args.control
     elif args.server_port is not None:
         plan.control_path = control.default_path(
-            check_int("server-port", args.server_port, 1, 65535))
+            check_int("server-port", args.server_port, 1, 65535)
+        )
     elif args.pids is not None:
-        plan.pids = [check_int("pids", text.strip(), 1, 2**31 - 1)
-                     for text in args.pids.split(",")]
+        plan.pids = [check_int("pids", text.strip(), 1, 2**31 - 1) for text in args.pids.split(",")]
     _check_limits(plan)
     return plan
 
@@ -132,12 +141,18 @@ def _check_limits(plan: Plan) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and per_proc + 64 > hard:
         wanted = math.ceil(per_proc * plan.procs / (hard - 64))
-        raise ConfigError("procs", f"{per_proc} sessions per client process exceed the "
-                                   f"open-file limit ({hard}); use --procs {wanted} or more")
+        raise ConfigError(
+            "procs",
+            f"{per_proc} sessions per client process exceed the "
+            f"open-file limit ({hard}); use --procs {wanted} or more",
+        )
     if plan.scenario.holds_sessions:
         held = per_proc * plan.procs
         ports = _ephemeral_ports() * max(1, len(plan.sources))
         if held > ports:
-            raise ConfigError("source", f"{held} sessions at once need more local ports than "
-                                        f"{max(1, len(plan.sources))} source address(es) have "
-                                        f"({ports}); give more --source addresses")
+            raise ConfigError(
+                "source",
+                f"{held} sessions at once need more local ports than "
+                f"{max(1, len(plan.sources))} source address(es) have "
+                f"({ports}); give more --source addresses",
+            )

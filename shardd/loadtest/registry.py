@@ -11,12 +11,15 @@ from __future__ import annotations
 from shardd.loadtest import connect, echo, idle, storm
 from shardd.loadtest.scenario import Param, Scenario
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    echo.SCENARIO,
-    connect.SCENARIO,
-    idle.SCENARIO,
-    storm.SCENARIO,
-)}
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        echo.SCENARIO,
+        connect.SCENARIO,
+        idle.SCENARIO,
+        storm.SCENARIO,
+    )
+}
 
 
 def by_name() -> list[Scenario]:

@@ -21,8 +21,13 @@ def render(summary: dict[str, Any], measured: bool) -> str:
     if measured:
         rows += SCENARIOS[scenario].rows(s)
     total = s["failures_total"]
-    rows.append(("failures", f"{total}" + (f" (more than --max-failures {s['max_failures']})"
-                                           if not s["passed"] else "")))
+    rows.append(
+        (
+            "failures",
+            f"{total}"
+            + (f" (more than --max-failures {s['max_failures']})" if not s["passed"] else ""),
+        )
+    )
     for phase, kinds in s["failures_by_phase"].items():
         for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1]):
             rows.append(("", f"{n} {kind} ({phase})"))

@@ -115,8 +115,11 @@ class _Coordinator:
             while any(not c.done for c in self.children):
                 now = time.monotonic()
                 if now > deadline or self.interrupts > 1:
-                    self._kill_remaining("did not finish in time" if now > deadline
-                                         else "killed on a second interrupt")
+                    self._kill_remaining(
+                        "did not finish in time"
+                        if now > deadline
+                        else "killed on a second interrupt"
+                    )
                     break
                 for key, _mask in selector.select(timeout=min(0.2, deadline - now)):
                     self._read(key.data, selector)
@@ -184,8 +187,11 @@ class _Coordinator:
                 parts[keys.index(counted)] += f" ({(count - self._last_count) / since:.0f}/s)"
             self._last_count = count
         stream = sys.stderr if self.plan.json else sys.stdout
-        print(f"{self.plan.scenario.name} {now - self.started:6.1f}s  " + "  ".join(parts),
-              file=stream, flush=True)
+        print(
+            f"{self.plan.scenario.name} {now - self.started:6.1f}s  " + "  ".join(parts),
+            file=stream,
+            flush=True,
+        )
 
     def _kill_remaining(self, why: str) -> None:
         for child in self.children:
@@ -224,8 +230,9 @@ def _server_rss(plan: Plan) -> tuple[list[int], int]:
     return list(pids), server_rss(pids)
 
 
-def _merge(plan: Plan, coordinator: _Coordinator, rss_before: int | None,
-           before_pids: list[int]) -> Outcome:
+def _merge(
+    plan: Plan, coordinator: _Coordinator, rss_before: int | None, before_pids: list[int]
+) -> Outcome:
     interrupted = coordinator.interrupts > 0
     results = []
     for child in coordinator.children:
@@ -236,8 +243,12 @@ def _merge(plan: Plan, coordinator: _Coordinator, rss_before: int | None,
     lost = [c for c in coordinator.children if c.result is None]
     merged = reduce(lambda a, b: a.merge(b), results) if results else None
     if merged is None:
-        summary: dict[str, Any] = {"scenario": plan.scenario.name, "failures": {},
-                                   "failures_by_phase": {}, "sources": {}}
+        summary: dict[str, Any] = {
+            "scenario": plan.scenario.name,
+            "failures": {},
+            "failures_by_phase": {},
+            "sources": {},
+        }
     else:
         if rss_before is not None and isinstance(merged, ServerMemory):
             merged.pids = coordinator.rss_pids or before_pids
@@ -281,6 +292,8 @@ def run(plan: Plan) -> Outcome:
         signal.signal(signal.SIGINT, previous)
     for child in coordinator.children:
         if child.error:
-            print(f"shardd: client process {child.index} (pid {child.pid}): "
-                  f"{child.error.rstrip()}", file=sys.stderr)
+            print(
+                f"shardd: client process {child.index} (pid {child.pid}): {child.error.rstrip()}",
+                file=sys.stderr,
+            )
     return _merge(plan, coordinator, rss_before, before_pids)

@@ -59,13 +59,19 @@ class Param:
 
 
 def sessions_param(default: int, help: str) -> Param:
-    return Param("sessions", default, whole(1, 1_000_000), help, "N", split=True,
-                 bounds_procs=True)
+    return Param("sessions", default, whole(1, 1_000_000), help, "N", split=True, bounds_procs=True)
 
 
 def concurrency_param(default: int) -> Param:
-    return Param("concurrency", default, whole(1, 100_000), "setups in flight", "C", split=True,
-                 bounds_procs=True)
+    return Param(
+        "concurrency",
+        default,
+        whole(1, 100_000),
+        "setups in flight",
+        "C",
+        split=True,
+        bounds_procs=True,
+    )
 
 
 def duration_param(default: float, help: str) -> Param:

@@ -80,7 +80,8 @@ class SetupSession(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.tally.connected(transport)
         self._timer = self.tally.loop.call_later(
-            self.tally.negotiation_timeout, self._negotiation_expired)
+            self.tally.negotiation_timeout, self._negotiation_expired
+        )
         self.transport.write(PROBE)
 
     def _negotiation_expired(self) -> None:
@@ -124,16 +125,18 @@ class SetupSession(asyncio.Protocol):
         self._timer = self.tally.loop.call_later(CLOSE_GRACE, transport.abort)
 
 
-async def set_up(tally: Tally, target: Target, source: str | None,
-                 connect_timeout: float) -> tuple[SetupSession | None, float]:
+async def set_up(
+    tally: Tally, target: Target, source: str | None, connect_timeout: float
+) -> tuple[SetupSession | None, float]:
     """One session to the point of the server's first in-band byte.
 
     The session and its setup time in seconds, or None (the failure counted).
     """
     started = _perf()
     try:
-        _transport, proto = await open_session(lambda: SetupSession(tally), target, source,
-                                               connect_timeout)
+        _transport, proto = await open_session(
+            lambda: SetupSession(tally), target, source, connect_timeout
+        )
     except OSError as exc:
         tally.fail("connect", connect_failure(exc))
         return None, 0.0

@@ -101,8 +101,13 @@ async def storm(
     """
     target = Target.resolve(host, port)
     locals_ = [target.source(s) for s in sources]
-    check_positive(rate=rate, duration=duration, max_sessions=max_sessions,
-                   negotiation_timeout=negotiation_timeout, connect_timeout=connect_timeout)
+    check_positive(
+        rate=rate,
+        duration=duration,
+        max_sessions=max_sessions,
+        negotiation_timeout=negotiation_timeout,
+        connect_timeout=connect_timeout,
+    )
     if not 0 <= hold_min <= hold_max or math.isinf(hold_max):
         raise ValueError(f"need 0 <= hold_min <= hold_max, not {hold_min!r}, {hold_max!r}")
     hooks = hooks or Hooks()
@@ -141,8 +146,12 @@ async def storm(
         finally:
             in_flight -= 1
 
-    hooks.snapshot = lambda: {"attempts": attempts, "in flight": in_flight,
-                              "successes": successes, "failures": sum(tally.failures.values())}
+    hooks.snapshot = lambda: {
+        "attempts": attempts,
+        "in flight": in_flight,
+        "successes": successes,
+        "failures": sum(tally.failures.values()),
+    }
     await hooks.barrier("start")
     started = _perf()
     drawn = 0  # hold times drawn so far, for every process's arrivals
@@ -171,8 +180,9 @@ async def storm(
     if tasks:
         everything: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
         interrupted: asyncio.Future[Any] = loop.create_task(hooks.interrupted.wait())
-        await asyncio.wait([everything, interrupted], timeout=bound,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [everything, interrupted], timeout=bound, return_when=asyncio.FIRST_COMPLETED
+        )
         interrupted.cancel()
         if hooks.interrupted.is_set() and tasks:
             for proto in list(live):
@@ -183,25 +193,42 @@ async def storm(
         if not hooks.interrupted.is_set():
             tally.fail("hold", TIMEOUT)
     elapsed = _perf() - started
-    return StormResult(rate, duration, hold_min, hold_max, seed, max_sessions, attempts,
-                       successes, skipped, peak, elapsed, setup, tally.failures,
-                       tally.failures_by_phase, tally.sources)
+    return StormResult(
+        rate,
+        duration,
+        hold_min,
+        hold_max,
+        seed,
+        max_sessions,
+        attempts,
+        successes,
+        skipped,
+        peak,
+        elapsed,
+        setup,
+        tally.failures,
+        tally.failures_by_phase,
+        tally.sources,
+    )
 
 
 def _check(p: dict[str, Any]) -> None:
     if p["hold_min"] > p["hold_max"]:
-        raise ConfigError("hold-max", f"must be at least --hold-min ({p['hold_min']:g}), "
-                                      f"not {p['hold_max']:g}")
+        raise ConfigError(
+            "hold-max", f"must be at least --hold-min ({p['hold_min']:g}), not {p['hold_max']:g}"
+        )
     if p["rate"] * p["duration"] > 10_000_000:
         raise ConfigError("rate", "more than 10000000 sessions in one storm")
 
 
 def _rows(s: dict[str, Any]) -> Rows:
     return [
-        ("arrivals", f"{s['rate']:g}/s for {s['duration']:g} s, held "
-                     f"{s['hold_min']:g}-{s['hold_max']:g} s (seed {s['seed']})"),
-        ("attempts", f"{s['attempts']} ({s['skipped']} skipped at "
-                     f"{s['max_sessions']} in flight)"),
+        (
+            "arrivals",
+            f"{s['rate']:g}/s for {s['duration']:g} s, held "
+            f"{s['hold_min']:g}-{s['hold_max']:g} s (seed {s['seed']})",
+        ),
+        ("attempts", f"{s['attempts']} ({s['skipped']} skipped at {s['max_sessions']} in flight)"),
         ("successes", f"{s['successes']}"),
         ("peak in flight", f"{s['peak_in_flight']}"),
         ("elapsed", f"{s['elapsed']:.3f} s"),
@@ -216,13 +243,20 @@ SCENARIO = Scenario(
     result=StormResult,
     params=(
         duration_param(10.0, "arrivals"),
-        Param("rate", 100.0, number(0.0, 100_000.0, above=True), "new sessions per second",
-              "PER_S"),
+        Param(
+            "rate", 100.0, number(0.0, 100_000.0, above=True), "new sessions per second", "PER_S"
+        ),
         Param("hold_min", 1.0, number(0.0, 86400.0), "shortest hold", "SECONDS"),
         Param("hold_max", 5.0, number(0.0, 86400.0), "longest hold", "SECONDS"),
         Param("seed", 0, whole(0, 2**63 - 1), "seed of the hold times", "N"),
-        Param("max_sessions", 1000, whole(1, 1_000_000), "sessions in flight at most; an "
-              "arrival finding that many is skipped, and counted", "N", split=True),
+        Param(
+            "max_sessions",
+            1000,
+            whole(1, 1_000_000),
+            "sessions in flight at most; an arrival finding that many is skipped, and counted",
+            "N",
+            split=True,
+        ),
     ),
     check=_check,
     rows=_rows,

@@ -45,8 +45,10 @@ def check_loopback(host: str) -> None:
         raise ValueError(f"cannot resolve {host!r}: {exc}") from None
     for address in addresses:
         if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
-            raise ValueError(f"{host} ({address}) is not a loopback address; "
-                             "the load-test tool only targets this machine")
+            raise ValueError(
+                f"{host} ({address}) is not a loopback address; "
+                "the load-test tool only targets this machine"
+            )
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class Target:
             raise ValueError(f"port must be between 1 and 65535, not {port}")
         check_loopback(host)
         family, _type, _proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM)[0]
+            host, port, type=socket.SOCK_STREAM
+        )[0]
         return cls(host, port, family, address)
 
     def source(self, source: str) -> str:
@@ -74,8 +77,9 @@ class Target:
         try:
             infos = socket.getaddrinfo(source, None, family=self.family, type=socket.SOCK_STREAM)
         except OSError:
-            raise ValueError(f"{source} is not an address of the target's family "
-                             f"({self.address[0]})") from None
+            raise ValueError(
+                f"{source} is not an address of the target's family ({self.address[0]})"
+            ) from None
         return str(infos[0][4][0])
 
     def __str__(self) -> str:
@@ -140,8 +144,10 @@ def rotation(sources: Sequence[str], share: tuple[int, int]) -> Callable[[], str
     if not sources:
         return lambda: None
     index, count = share
-    turns = [sources[(index + k * count) % len(sources)]
-             for k in range(len(sources) // math.gcd(len(sources), count))]
+    turns = [
+        sources[(index + k * count) % len(sources)]
+        for k in range(len(sources) // math.gcd(len(sources), count))
+    ]
     position = -1
 
     def pick() -> str:

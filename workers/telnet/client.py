@@ -81,8 +81,12 @@ class TelnetClientSession:
         elif option == XDISPLOC and is_send:
             send(XDISPLOC, options.build_is(term.env.get("DISPLAY", "")))
         elif option == NEW_ENVIRON and is_send:
-            env = {"TERM": term.term, "COLUMNS": str(term.cols), "LINES": str(term.rows),
-                   **term.env}
+            env = {
+                "TERM": term.term,
+                "COLUMNS": str(term.cols),
+                "LINES": str(term.rows),
+                **term.env,
+            }
             send(NEW_ENVIRON, options.build_environ_is(env))
         elif option == CHARSET and payload[:1] == bytes((CHARSET_REQUEST,)):
             try:

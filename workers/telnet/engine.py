@@ -122,8 +122,7 @@ class _Side:
 
     def __init__(self, accept: Iterable[int]) -> None:
         self.state: dict[int, int] = {}
-        self.accept: frozenset[int] = accept if isinstance(accept, frozenset) \
-            else frozenset(accept)
+        self.accept: frozenset[int] = accept if isinstance(accept, frozenset) else frozenset(accept)
 
     def allow(self, opt: int, allowed: bool = True) -> None:
         if (opt in self.accept) != allowed:
@@ -409,7 +408,8 @@ class TelnetEngine:
     def has_pending(self) -> bool:
         """Whether a request of ours is still unanswered."""
         return any(s & 3 >= WANTNO for s in self._local.state.values()) or any(
-            s & 3 >= WANTNO for s in self._remote.state.values())
+            s & 3 >= WANTNO for s in self._remote.state.values()
+        )
 
     def pending(self) -> list[tuple[bool, int]]:
         """Options with a request of ours still unanswered, as (local, option)."""

@@ -37,6 +37,7 @@ def text(payload: bytes) -> str:
 
 # ---------------------------------------------------------------- TTYPE, TSPEED, XDISPLOC
 
+
 def send_request() -> bytes:
     """The SEND payload of TTYPE, TSPEED and XDISPLOC."""
     return bytes((SEND,))
@@ -55,6 +56,7 @@ def build_is(value: str) -> bytes:
 
 # ----------------------------------------------------------------------------- NAWS
 
+
 def parse_naws(payload: bytes) -> tuple[int, int]:
     """(columns, rows) from a NAWS payload."""
     if len(payload) != 4:
@@ -68,6 +70,7 @@ def build_naws(cols: int, rows: int) -> bytes:
 
 
 # ---------------------------------------------------------------------- NEW-ENVIRON
+
 
 def _env_escape(raw: bytes) -> bytes:
     for special in (ENV_ESC, ENV_VAR, ENV_VALUE, ENV_USERVAR):
@@ -110,8 +113,7 @@ def parse_environ(payload: bytes) -> tuple[int, list[tuple[int, str, str | None]
             if match.start() != pos:
                 break
             kind, name, value = match.groups()
-            items.append((kind[0], sys.intern(text(name)),
-                          None if value is None else text(value)))
+            items.append((kind[0], sys.intern(text(name)), None if value is None else text(value)))
             pos = match.end()
         else:
             if pos == len(payload):
@@ -129,8 +131,9 @@ def _parse_environ_bytewise(payload: bytes) -> list[tuple[int, str, str | None]]
     def finish() -> None:
         if kind is not None:
             # names repeat in every session of a server: one copy of each
-            items.append((kind, sys.intern(text(bytes(name))),
-                          None if value is None else text(bytes(value))))
+            items.append(
+                (kind, sys.intern(text(bytes(name))), None if value is None else text(bytes(value)))
+            )
 
     while i < end:
         byte = payload[i]
@@ -168,6 +171,7 @@ WELL_KNOWN_VARS = frozenset({"USER", "JOB", "ACCT", "PRINTER", "SYSTEMTYPE", "DI
 
 
 # -------------------------------------------------------------------------- CHARSET
+
 
 def build_charset_request(charsets: list[str], sep: str = ";") -> bytes:
     return bytes((CHARSET_REQUEST,)) + (sep + sep.join(charsets)).encode("ascii")

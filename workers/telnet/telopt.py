@@ -63,16 +63,44 @@ CHARSET_TTABLE_IS = 4
 CHARSET_TTABLE_REJECTED = 5
 
 COMMAND_NAMES: dict[int, str] = {
-    SE: "SE", NOP: "NOP", DM: "DM", BRK: "BRK", IP: "IP", AO: "AO", AYT: "AYT",
-    EC: "EC", EL: "EL", GA: "GA", SB: "SB", WILL: "WILL", WONT: "WONT", DO: "DO",
-    DONT: "DONT", IAC: "IAC", EOR_CMD: "EOR",
+    SE: "SE",
+    NOP: "NOP",
+    DM: "DM",
+    BRK: "BRK",
+    IP: "IP",
+    AO: "AO",
+    AYT: "AYT",
+    EC: "EC",
+    EL: "EL",
+    GA: "GA",
+    SB: "SB",
+    WILL: "WILL",
+    WONT: "WONT",
+    DO: "DO",
+    DONT: "DONT",
+    IAC: "IAC",
+    EOR_CMD: "EOR",
 }
 
 OPTION_NAMES: dict[int, str] = {
-    BINARY: "BINARY", ECHO: "ECHO", SGA: "SGA", STATUS: "STATUS", TM: "TIMING-MARK",
-    TTYPE: "TTYPE", EOR: "EOR", NAWS: "NAWS", TSPEED: "TSPEED", LFLOW: "LFLOW",
-    LINEMODE: "LINEMODE", XDISPLOC: "XDISPLOC", NEW_ENVIRON: "NEW-ENVIRON",
-    CHARSET: "CHARSET", MSDP: "MSDP", MSSP: "MSSP", MCCP2: "MCCP2", GMCP: "GMCP",
+    BINARY: "BINARY",
+    ECHO: "ECHO",
+    SGA: "SGA",
+    STATUS: "STATUS",
+    TM: "TIMING-MARK",
+    TTYPE: "TTYPE",
+    EOR: "EOR",
+    NAWS: "NAWS",
+    TSPEED: "TSPEED",
+    LFLOW: "LFLOW",
+    LINEMODE: "LINEMODE",
+    XDISPLOC: "XDISPLOC",
+    NEW_ENVIRON: "NEW-ENVIRON",
+    CHARSET: "CHARSET",
+    MSDP: "MSDP",
+    MSSP: "MSSP",
+    MCCP2: "MCCP2",
+    GMCP: "GMCP",
 }
 
 
