@@ -65,7 +65,7 @@ def serving(request: pytest.FixtureRequest) -> Callable[[Body], None]:
         server = Server(sock, SessionOptions(shell=recorder.shell, connect_maxwait=0.2))
         task = asyncio.get_running_loop().create_task(server.serve({}))
         try:
-            await async_wait_until(lambda: server._listener is not None, TIMEOUT, "listening")
+            await async_wait_until(lambda: server.listening, TIMEOUT, "listening")
             await body(server, recorder)
         finally:
             server.stop("quit")

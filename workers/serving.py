@@ -140,6 +140,22 @@ class Channel(Protocol):
         """The server is done."""
 
 
+class _Unsupervised:
+    """The channel of a server nobody supervises (development mode): tells no one."""
+
+    async def open(self, server: Server) -> None:
+        pass
+
+    def serving(self) -> None:
+        pass
+
+    def stopping(self, mode: StopMode, sessions: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Server:
     """Listens on ``sock`` and serves telnet sessions until told to stop."""
 
@@ -151,13 +167,11 @@ class Server:
         backlog: int = 4096,
         graceful_timeout: float = 10.0,
         shared_extra: dict[str, Any] | None = None,
-        name: str = "",
     ) -> None:
         self.sock = sock
         self.sessions = Sessions(opts, shared_extra)
         self.backlog = backlog
         self.graceful_timeout = graceful_timeout
-        self.name = name  # for log lines: "shard 3: ..."
         #: the admission check and the stages every new connection goes through
         self.admit: Admission | None = None
         self.stages: list[Stage] = []
@@ -179,24 +193,21 @@ class Server:
         self._stop_mode = loop.create_future()
         for signum, mode in signals.items():
             loop.add_signal_handler(signum, self.stop, mode)
+        channel = channel or _Unsupervised()
         try:
-            if channel is not None:
-                await channel.open(self)
+            await channel.open(self)
             # create_server listens again on the socket: without backlog= it
             # would shrink the accept queue to asyncio's default of 100
             self._listener = await loop.create_server(
                 self._new_connection, sock=self.sock, backlog=self.backlog
             )
-            if channel is not None:
-                channel.serving()
+            channel.serving()
             mode = await self._stop_mode
             # closes only this process's copy of the socket: a supervisor keeps its own
             self._listener.close()
-            if channel is not None:
-                channel.stopping(mode, len(self.sessions.live))
+            channel.stopping(mode, len(self.sessions.live))
             await self._wind_down(mode)
-            if channel is not None:
-                channel.close()
+            channel.close()
             return mode
         finally:
             for signum in signals:
@@ -206,6 +217,10 @@ class Server:
         """Ask the server to stop; the first request wins."""
         if self._stop_mode is not None and not self._stop_mode.done():
             self._stop_mode.set_result(mode)
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self.stopping
 
     @property
     def stopping(self) -> bool:
