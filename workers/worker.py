@@ -34,19 +34,27 @@ except ImportError:
 log = logging.getLogger("shardd.worker")
 
 PR_SET_PDEATHSIG = 1
-# Signals the supervisor handles; a worker starts from their defaults.
-INHERITED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGCHLD,
-    signal.SIGPIPE,
-)
+# What a worker does with every signal the supervisor handles, from fork until
+# its event loop installs its own handlers (TERM: graceful stop, QUIT: fast
+# stop, USR1: reopen logs). A fork inherits the supervisor's Python handlers,
+# which must not run here.
+SIGNAL_DISPOSITIONS: dict[signal.Signals, signal.Handlers] = {
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGQUIT: signal.SIG_DFL,
+    signal.SIGUSR1: signal.SIG_DFL,
+    signal.SIGCHLD: signal.SIG_DFL,
+    # Ctrl-C, a hangup, job control in a terminal, or an operator's
+    # `pkill -USR2 shardd` reach the whole process group: the supervisor
+    # decides what they mean, so a worker ignores them.
+    signal.SIGINT: signal.SIG_IGN,
+    signal.SIGHUP: signal.SIG_IGN,
+    signal.SIGTTIN: signal.SIG_IGN,
+    signal.SIGTTOU: signal.SIG_IGN,
+    signal.SIGUSR2: signal.SIG_IGN,
+    # A write to a client that hung up must be an EPIPE error for that one
+    # session, never a kill of every session of the worker.
+    signal.SIGPIPE: signal.SIG_IGN,
+}
 
 
 @dataclass
@@ -81,12 +89,8 @@ def run_worker(
 
 
 def _reset_inherited_state(shard: int) -> None:
-    for signum in INHERITED_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    # Ctrl-C, a hangup or job control in a terminal reach the whole process
-    # group: the supervisor decides what they mean, so a worker ignores them.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
+    for signum, disposition in SIGNAL_DISPOSITIONS.items():
+        signal.signal(signum, disposition)
     # Python keeps the parent's wakeup fd across fork: the parent's handlers
     # would otherwise be woken by this child's signals.
     signal.set_wakeup_fd(-1)
