@@ -40,6 +40,16 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "longest wait for negotiation before the shell starts (default 4)",
     ),
     "limit": ("BYTES", "reader buffer limit and longest line (default 65536)"),
+    "charsets": (
+        "NAME,...",
+        "charsets a client may choose, by NEW-ENVIRON LANG or CHARSET "
+        "(default: UTF-8, ASCII, the ISO-8859 family, the DOS and Windows code pages, "
+        "KOI8, Big5, GBK/GB18030, EUC-KR, Shift_JIS, EUC-JP and the like)",
+    ),
+    "max_output_buffer": (
+        "BYTES",
+        "output waiting for one client past which its session is closed (default 1048576)",
+    ),
     "graceful_timeout": ("SECONDS", "how long a stop waits for sessions (default 10)"),
     "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced (default 30)"),
     "stats_interval": (
@@ -129,8 +139,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _session_options(cfg: ServeConfig) -> Any:
     from workers import loader, shells
+    from workers.limits import SessionLimits
     from workers.server_base import BaseServer
     from workers.serving import SessionOptions
+    from workers.telnet.charsets import Charsets
 
     try:
         shell = shells.resolve(cfg.shell)
@@ -150,6 +162,9 @@ def _session_options(cfg: ServeConfig) -> Any:
         force_binary=cfg.force_binary,
         connect_maxwait=cfg.connect_maxwait,
         limit=cfg.limit,
+        limits=SessionLimits(
+            charsets=Charsets(cfg.charsets), max_output_buffer=cfg.max_output_buffer
+        ),
     )
 
 
@@ -182,7 +197,6 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
 def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     from shardd import pidfile, privileges
     from shardd.supervisor import Supervisor
-    from workers.telnet.options import preload_codecs
 
     supervisor = Supervisor(cfg, opts)
     try:
@@ -197,7 +211,6 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         supervisor.bind_control()
         if cfg.pidfile:
             pidfile.write(cfg.pidfile)
-        preload_codecs(cfg.encoding)
         control_files = (
             [supervisor.control.directory, supervisor.control.path] if supervisor.control else []
         )

@@ -20,6 +20,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
+from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
+
 
 class ConfigError(ValueError):
     """A setting with a bad value; ``str()`` is the one line to show."""
@@ -46,6 +49,8 @@ class ServeConfig:
     force_binary: bool = False
     connect_maxwait: float = 4.0
     limit: int = 2**16
+    charsets: list[str] = field(default_factory=lambda: list(DEFAULT_CHARSETS))
+    max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER
     graceful_timeout: float = 10.0
     worker_timeout: float = 30.0
     stats_interval: float = 1.0
@@ -88,6 +93,8 @@ class ServeConfig:
         self.force_binary = check_bool("force-binary", self.force_binary)
         self.connect_maxwait = check_float("connect-maxwait", self.connect_maxwait, 0.0, 3600.0)
         self.limit = check_int("limit", self.limit, 64, 2**30)
+        self.charsets = check_charsets(self.charsets)
+        self.max_output_buffer = check_int("max-output-buffer", self.max_output_buffer, 4096, 2**31)
         self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
         self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
         self.stats_interval = check_float("stats-interval", self.stats_interval, 0.0, 3600)
@@ -222,6 +229,22 @@ def check_float(
         )
         raise ConfigError(key, f"must be {bound}, not {value!r}")
     return number
+
+
+def check_charsets(value: Any) -> list[str]:
+    """A list of charsets, or one string of them separated by commas."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("charsets", f"must be charset names separated by commas, not {value!r}")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise ConfigError("charsets", "must name at least one charset")
+    for name in names:
+        try:
+            check_charset(name)
+        except ValueError as exc:
+            raise ConfigError("charsets", str(exc)) from None
+    return names
 
 
 def check_encoding(value: Any) -> str | bool:

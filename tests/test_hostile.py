@@ -9,13 +9,20 @@ still the same process, still serving, and other sessions are unharmed.
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import struct
 import time
 from typing import Any
 
+import psutil
+import pytest
 from conftest import ServerProcess, connect, read_until, run_shardd, wait_until
+
+from workers.telnet import options
+from workers.telnet.client import TelnetClientSession, Terminal
+from workers.telnet.engine import escape
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 255, 254, 253, 252, 251, 250, 240
 TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TM, AYT = 24, 31, 39, 42, 0, 6, 246
@@ -34,8 +41,9 @@ def workers(server: ServerProcess) -> dict[int, dict[str, Any]]:
 
 
 def serving_workers(server: ServerProcess, count: int) -> dict[int, dict[str, Any]]:
-    found = wait_until(lambda: len(workers(server)) == count and workers(server), 20,
-                       f"{count} serving workers")
+    found = wait_until(
+        lambda: len(workers(server)) == count and workers(server), 20, f"{count} serving workers"
+    )
     assert isinstance(found, dict)
     return found
 
@@ -92,4 +100,185 @@ def test_hang_up_with_output_queued_does_not_kill_the_worker(serve: Any) -> None
         sock = start_session(server.port)
         fill_until_blocked(sock, b"y" * 65536)
         reset(sock)
+    assert_unharmed(server, before)
+
+
+# ------------------------------------------------------------- charsets
+
+
+class ChoosyClient(TelnetClientSession):
+    """A terminal client that answers the server's CHARSET offer with ``accept``, whatever it is."""
+
+    def __init__(self, terminal: Terminal, accept: str | None = None) -> None:
+        super().__init__(terminal)
+        self.accept = accept
+
+    def _answer(self, option: int, payload: bytes) -> None:
+        if option == CHARSET and self.accept is not None:
+            self.engine.send_subnegotiation(CHARSET, options.build_charset_reply(self.accept))
+        else:
+            super()._answer(option, payload)
+
+
+def negotiate(
+    port: int, client: TelnetClientSession, until: bytes, source: str = "127.0.0.1"
+) -> tuple[socket.socket, bytes]:
+    """Connect from ``source`` and answer the server as ``client`` until ``until`` arrives."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    inband = bytearray()
+    deadline = time.monotonic() + 10
+    while until not in inband:
+        assert time.monotonic() < deadline, f"no {until!r} within 10s; got {bytes(inband)!r}"
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data = sock.recv(65536)
+        assert data, f"closed before {until!r}; got {bytes(inband)!r}"
+        inband += client.receive(data)
+        if client.has_output:
+            sock.sendall(client.data_to_send())
+    return sock, bytes(inband)
+
+
+def talk(sock: socket.socket, client: TelnetClientSession, line: bytes, until: bytes) -> bytes:
+    sock.sendall(escape(line))
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while until not in got:
+        assert time.monotonic() < deadline, f"no {until!r} within 10s; got {bytes(got)!r}"
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        data = sock.recv(65536)
+        assert data, f"closed before {until!r}; got {bytes(got)!r}"
+        got += client.receive(data)
+        if client.has_output:
+            sock.sendall(client.data_to_send())
+    return bytes(got)
+
+
+# Codecs clients chose in the field: bytes-to-bytes (bz2 grew a worker to 2 GB),
+# stateful or ASCII-changing ones (each ended its session with a traceback).
+HOSTILE_CODECS = ["utf-16", "utf-32", "punycode", "hex", "base64", "uu", "rot13", "zlib",
+                  "quopri", "utf-7", "idna", "iso2022_jp", "bz2"]  # fmt: skip
+
+
+def test_a_client_cannot_choose_a_codec_off_the_list(serve: Any) -> None:
+    """By NEW-ENVIRON LANG, by accepting CHARSET, or both: the session stays UTF-8."""
+    server = serve("--workers", "1")
+    before = serving_workers(server, 1)
+    rss_before = psutil.Process(before[0]["pid"]).memory_info().rss
+    for n, codec in enumerate(HOSTILE_CODECS):
+        for how in ("lang", "charset"):
+            terminal = Terminal(env={"LANG": f"en_US.{codec}"} if how == "lang" else {})
+            client = ChoosyClient(terminal, accept=codec if how == "charset" else None)
+            # one source address each: a peer's warnings past the first few are summarised
+            source = f"127.0.{n + 1}.{1 if how == 'lang' else 2}"
+            sock, banner = negotiate(server.port, client, b"> ", source)
+            with sock:
+                assert re.search(rb"encoding (UTF-8|utf8),", banner), (codec, how, banner)
+                got = talk(sock, client, "h\u00e9llo\r\n".encode(), b"> ")
+                assert "You said: h\u00e9llo".encode() in got, (codec, how, got)
+    assert_unharmed(server, before)
+    grown = psutil.Process(before[0]["pid"]).memory_info().rss - rss_before
+    assert grown < 32 * 2**20, f"the worker grew {grown} bytes"
+    log = server.log_text()
+    for codec in HOSTILE_CODECS:
+        assert f"refused charset '{codec}' of NEW-ENVIRON LANG" in log, codec
+        assert f"client accepted charset '{codec}', which is refused" in log, codec
+
+
+def test_charsets_setting_limits_the_choice(serve: Any) -> None:
+    server = serve("--workers", "0", "--charsets", "utf-8,koi8-r")
+    for lang, expected in (
+        ("ru_RU.KOI8-R", b"encoding KOI8-R"),
+        ("en_US.ISO-8859-1", b"encoding UTF-8"),  # refused: the CHARSET it accepted stands
+    ):
+        client = TelnetClientSession(Terminal(env={"LANG": lang}, charset="UTF-8"))
+        sock, banner = negotiate(server.port, client, b"> ")
+        sock.close()
+        assert expected in banner, (lang, banner)
+    assert "refused charset 'ISO-8859-1' of NEW-ENVIRON LANG" in server.log_text()
+
+
+def test_bad_charsets_setting_is_one_line_and_exit_2() -> None:
+    for value, word in (
+        ("utf-8,bz2", "bz2"),
+        ("utf-16", "utf-16"),
+        ("nosuch", "nosuch"),
+        (",", "at least one"),
+    ):
+        result = run_shardd("serve", "--port", "0", "--charsets", value)
+        assert result.returncode == 2, result
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "charsets" in lines[0] and word in lines[0], lines
+
+
+# ------------------------------------------------------- bounded state
+
+
+def worker_rss(server: ServerProcess) -> int:
+    (worker,) = serving_workers(server, 1).values()
+    return int(psutil.Process(worker["pid"]).memory_info().rss)
+
+
+def sb(option: int, payload: bytes) -> bytes:
+    return bytes((IAC, SB, option)) + escape(payload) + bytes((IAC, SE))
+
+
+def still_answers(sock: socket.socket) -> None:
+    """The session is alive and its worker's loop is running: AYT gets its answer."""
+    sock.settimeout(30)
+    sock.sendall(bytes((IAC, AYT)))
+    read_until(sock, b"[Yes]", bytearray(), timeout=30)
+
+
+def flood(port: int, opening: bytes, attack: bytes, source: str = "127.0.0.1") -> socket.socket:
+    """A session that opens with ``opening`` and then sends ``attack``, reading what comes."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    read_until(sock, IAC_DO_TTYPE, bytearray())
+    sock.sendall(opening)
+    sock.sendall(attack)  # the server's answers are small: nothing blocks on our side
+    return sock
+
+
+@pytest.mark.parametrize(
+    ("opening", "attack"),
+    [
+        # 100 000 distinct terminal types, asked for or not (200 MB were kept)
+        (
+            bytes((IAC, WILL, TTYPE)),
+            b"".join(sb(TTYPE, b"\x00" + b"TERM-%07d" % i + b"x" * 100) for i in range(100_000)),
+        ),
+        # 100 000 distinct environment variables (811 MB were kept for 200 MB)
+        (
+            bytes((IAC, WILL, NEW_ENVIRON)),
+            b"".join(
+                sb(
+                    NEW_ENVIRON,
+                    b"\x00"
+                    + b"".join(b"\x03V%07d\x01%s" % (i * 10 + k, b"v" * 50) for k in range(10)),
+                )
+                for i in range(10_000)
+            ),
+        ),
+    ],
+    ids=["ttype", "new-environ"],
+)
+def test_what_a_client_sends_is_kept_within_bounds(serve: Any, opening: bytes, attack: bytes):
+    server = serve("--workers", "1", "--connect-maxwait", "0.5")
+    before = serving_workers(server, 1)
+    rss = worker_rss(server)
+    with flood(server.port, opening, attack) as sock:
+        still_answers(sock)
+        grown = worker_rss(server) - rss
+        assert grown < 8 * 2**20, f"{len(attack)} bytes sent, the worker grew {grown} bytes"
+    assert_unharmed(server, before)
+
+
+def test_a_flood_of_malformed_commands_writes_a_few_log_lines(serve: Any) -> None:
+    """1 MB of IAC 0x01 (not a command) wrote 55 MB of log: one line per pair."""
+    server = serve("--workers", "1")
+    before = serving_workers(server, 1)
+    lines_before = len(server.log_text().splitlines())
+    with flood(server.port, bytes((IAC, WONT, TTYPE)), bytes((IAC, 0x01)) * 500_000) as sock:
+        still_answers(sock)
+    warnings = [line for line in server.log_text().splitlines()[lines_before:] if "WARNING" in line]
+    assert 1 <= len(warnings) <= 10, warnings
     assert_unharmed(server, before)

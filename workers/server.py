@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from workers.server_base import BaseServer
 from workers.telnet import options
+from workers.telnet.charsets import Charsets
 from workers.telnet.telopt import (
     AYT,
     BINARY,
@@ -49,9 +51,15 @@ ENVIRON_REQUEST: list[tuple[int, str]] = [
 
 _ENVIRON_SEND = tuple(options.build_environ_send(ENVIRON_REQUEST))
 
-# Charsets offered by CHARSET REQUEST, in order of preference.
+# Charsets offered by CHARSET REQUEST, in order of preference (those allowed).
 CHARSET_OFFER = ["UTF-8", "US-ASCII", "ISO-8859-1", "CP437"]
-_CHARSET_REQUEST = options.build_charset_request(CHARSET_OFFER)
+
+
+@functools.lru_cache(maxsize=16)
+def _charset_request(charsets: Charsets) -> bytes | None:
+    # one per allow-list, built once: a server has one
+    offer = [name for name in CHARSET_OFFER if charsets.codec(name)]
+    return options.build_charset_request(offer) if offer else None
 
 
 _MISSING = object()
@@ -70,6 +78,7 @@ class TelnetServer(BaseServer):
         "_charset",
         "_environ",
         "_environ_replies_due",
+        "_lang_charset",
         "_naws_seen",
         "_ttypes",
     )
@@ -92,6 +101,7 @@ class TelnetServer(BaseServer):
         # What the client sent by NEW-ENVIRON, kept apart so that it can never
         # override what the server knows itself (peername, cols, ...).
         self._environ: dict[str, str] = {}
+        self._lang_charset: str | None = None  # from LANG, once allowed
         self._naws_seen = False
 
     # ------------------------------------------------------------ negotiation
@@ -132,11 +142,8 @@ class TelnetServer(BaseServer):
             or (incoming and not engine.remote_enabled(BINARY))
         ):
             return "US-ASCII"
-        lang = self._environ.get("LANG")
-        if lang:
-            from_lang = options.lang_encoding(lang)
-            if from_lang:
-                return from_lang
+        if self._lang_charset:
+            return self._lang_charset
         if self._charset:
             return self._charset
         return super().encoding(outgoing, incoming)
@@ -185,8 +192,12 @@ class TelnetServer(BaseServer):
                 self._environ_replies_due += 1
             self._await("environ")
         elif option == CHARSET:
-            self._engine.send_subnegotiation(CHARSET, _CHARSET_REQUEST)
-            self._await("charset")
+            request = _charset_request(self.limits.charsets)
+            if request is None:  # the operator allows none of what we offer
+                self._engine.request_remote(CHARSET, False)
+            else:
+                self._engine.send_subnegotiation(CHARSET, request)
+                self._await("charset")
         elif option == NAWS:
             self._await("naws")
         elif option == TSPEED:
@@ -233,16 +244,16 @@ class TelnetServer(BaseServer):
         try:
             handler(self, payload)
         except ValueError as exc:
-            self.log.warning(
-                "%s: bad %s subnegotiation: %s (%r)",
-                self.peer,
-                name_option(option),
-                exc,
-                payload[:64],
+            self.protocol_warning(
+                "bad %s subnegotiation: %s (%r)", name_option(option), exc, payload[:64]
             )
 
     def _on_ttype(self, payload: bytes) -> None:
-        value = options.parse_is(payload)
+        if not self._awaiting & _AWAITING["ttype"]:
+            # the cycle is over (or was never asked for): keeping more would let
+            # a client grow the list without bound
+            raise ValueError("TTYPE IS that was not asked for")
+        value = options.parse_is(payload)[: self.limits.max_value_length]
         if self._ttypes and value == self._ttypes[-1]:
             value = self._ttypes[-1]  # the usual end of a cycle: keep one copy
         self._ttypes.append(value)
@@ -272,27 +283,55 @@ class TelnetServer(BaseServer):
         verb, items = options.parse_environ(payload)
         if verb == SEND:
             raise ValueError("a client may not ask the server for its environment")
-        for _kind, name, value in items:
-            if not name or value is None:
-                continue
-            self._environ[name] = value
-            if name == "TERM" and value:
-                self._set_term(value)
-            elif name in ("COLUMNS", "LINES") and value.isdigit() and not self._naws_seen:
-                self._extra["cols" if name == "COLUMNS" else "rows"] = int(value)
         if verb == IS and self._environ_replies_due:
             self._environ_replies_due -= 1
             if not self._environ_replies_due:
                 self._received_reply("environ")
-        if "LANG" in self._environ:
-            self._update_codecs()
+        kept = self._environ
+        limits = self.limits
+        size = sum(len(name) + len(value) for name, value in kept.items())
+        dropped = 0
+        for _kind, name, value in items:
+            if not name or value is None:
+                continue
+            grows = len(name) + len(value) - (len(name) + len(kept[name]) if name in kept else 0)
+            if (name not in kept and len(kept) >= limits.max_environ_vars) or (
+                size + grows > limits.max_environ_bytes
+            ):
+                dropped += 1
+                continue
+            kept[name] = value
+            size += grows
+            if name == "TERM" and value:
+                self._set_term(value)
+            elif name in ("COLUMNS", "LINES") and value.isdigit() and not self._naws_seen:
+                self._extra["cols" if name == "COLUMNS" else "rows"] = int(value)
+            elif name == "LANG":
+                self._choose_lang(value)
+        if dropped:
+            self.protocol_warning(
+                "NEW-ENVIRON: %d variables dropped, past %d variables or %d bytes",
+                dropped,
+                limits.max_environ_vars,
+                limits.max_environ_bytes,
+            )
+
+    def _choose_lang(self, lang: str) -> None:
+        charset = options.lang_charset(lang)
+        if charset is None:
+            return
+        if self.limits.charsets.codec(charset) is None:
+            self.protocol_warning("refused charset %r of NEW-ENVIRON LANG", charset[:64])
+            return
+        self._lang_charset = charset
+        self._update_codecs()
 
     def _on_charset(self, payload: bytes) -> None:
         verb, names = options.parse_charset(payload)
         if verb == CHARSET_ACCEPTED:
-            codec = options.python_codec(names[0])
-            if codec is None:
-                raise ValueError(f"client accepted unknown charset {names[0]!r}")
+            if self.limits.charsets.codec(names[0]) is None:
+                self._received_reply("charset")
+                raise ValueError(f"client accepted charset {names[0][:64]!r}, which is refused")
             self._charset = names[0]
             self._extra["charset"] = names[0]
             self._received_reply("charset")
@@ -310,9 +349,9 @@ class TelnetServer(BaseServer):
         elif verb == CHARSET_TTABLE_IS:
             self._engine.send_subnegotiation(CHARSET, bytes((CHARSET_TTABLE_REJECTED,)))
 
-    @staticmethod
-    def _choose_charset(offered: list[str]) -> str | None:
-        known = [(name, options.python_codec(name)) for name in offered]
+    def _choose_charset(self, offered: list[str]) -> str | None:
+        charsets = self.limits.charsets
+        known = [(name, charsets.codec(name)) for name in offered]
         for name, codec in known:
             if codec == "utf-8":
                 return name
@@ -322,7 +361,7 @@ class TelnetServer(BaseServer):
         return None
 
     def _on_value(self, key: str, payload: bytes) -> None:
-        self._extra[key] = options.parse_is(payload)
+        self._extra[key] = options.parse_is(payload)[: self.limits.max_value_length]
         self._received_reply(key)
 
     def _on_status(self, payload: bytes) -> None:

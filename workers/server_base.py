@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
 
+from workers.limits import DEFAULT_LIMITS, SessionLimits
+from workers.log_limits import PROTOCOL_WARNINGS
 from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
 from workers.stream_writer import TelnetWriter
 from workers.telnet.engine import (
@@ -34,6 +37,8 @@ SHELL_GRACE_SECONDS = 1.0
 
 
 _NO_EXTRA: dict[str, Any] = {}
+# the counts of a protocol no server counts for (made outside a Server)
+_UNCOUNTED: Counter[str] = Counter()
 
 
 def _named(encoding: str | bool | None) -> str:
@@ -75,9 +80,12 @@ class BaseServer(asyncio.Protocol):
         "_when_connected",
         "closed",
         "connect_maxwait",
+        "counters",
         "default_encoding",
         "force_binary",
+        "limits",
         "log",
+        "protocol_errors",
         "reader",
         "rx_bytes",
         "shared_extra",
@@ -135,6 +143,12 @@ class BaseServer(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
+        #: malformed or refused input from this client, as warned about
+        self.protocol_errors = 0
+        #: the server's bounds (set by the server that creates the protocol)
+        self.limits: SessionLimits = DEFAULT_LIMITS
+        #: the server's event counts, shared by its sessions (set likewise)
+        self.counters: Counter[str] = _UNCOUNTED
 
     # -------------------------------------------------------------- asyncio side
 
@@ -316,6 +330,18 @@ class BaseServer(asyncio.Protocol):
             return f"{peer[0]}:{peer[1]}"
         return str(peer)
 
+    def protocol_warning(self, msg: str, *args: Any) -> None:
+        """Warn that the client sent something malformed or refused; the session goes on.
+
+        Counted for the session and the server, and logged naming the peer, at
+        most so many lines per peer host and per process (workers/log_limits.py).
+        """
+        self.protocol_errors += 1
+        self.counters["protocol_errors"] += 1
+        peer = self.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        PROTOCOL_WARNINGS.warning(self.log, host, "%s: " + msg, self.peer, *args)
+
     # ------------------------------------------------------------ negotiation
 
     def begin_negotiation(self) -> None:
@@ -406,7 +432,7 @@ class BaseServer(asyncio.Protocol):
             elif isinstance(event, Command):
                 self.on_command(event.cmd)
             else:  # ProtocolError
-                self.log.warning("%s: %s", self.peer, event.reason)
+                self.protocol_warning("%s", event.reason)
         self.flush()
         if not self._waiter_connected.done() and not self.closed:
             self._negotiation_progress()

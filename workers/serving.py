@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import uvloop
 
 from workers.arrival import Admission, Arrival, Stage
+from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
 
@@ -52,6 +53,7 @@ class SessionOptions:
     force_binary: bool = False
     connect_maxwait: float = 4.0
     limit: int | None = None
+    limits: SessionLimits = DEFAULT_LIMITS
 
 
 class Sessions:
@@ -66,6 +68,8 @@ class Sessions:
         self.shared_extra = shared_extra or {}
         self.live: dict[BaseServer, int] = {}
         self.accepted = 0
+        #: what happened to sessions, by kind (protocol_errors, ...), for reports
+        self.counters: Counter[str] = Counter()
         self.on_close: Callable[[int], None] | None = None
 
     def new(self) -> BaseServer:
@@ -81,6 +85,8 @@ class Sessions:
         )
         if self.shared_extra:
             protocol.shared_extra = self.shared_extra
+        protocol.limits = opts.limits
+        protocol.counters = self.counters
         self.accepted += 1
         self.live[protocol] = self.accepted
         protocol._waiter_closed.add_done_callback(self._closed)

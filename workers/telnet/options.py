@@ -209,22 +209,8 @@ def python_codec(name: str) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=256)
-def lang_encoding(lang: str) -> str | None:
-    """The encoding named by a LANG value such as ``en_US.UTF-8@euro``."""
+def lang_charset(lang: str) -> str | None:
+    """The charset named by a LANG value such as ``en_US.UTF-8@euro``, if any."""
     if "." not in lang:
         return None
-    candidate = lang.split(".", 1)[1].split("@", 1)[0]
-    return candidate if candidate and python_codec(candidate) else None
-
-
-# Codecs a session may switch to: the defaults, and what CHARSET offers.
-SESSION_CODECS = ("utf-8", "us-ascii", "latin-1", "iso-8859-1", "cp437")
-
-
-def preload_codecs(*extra: str | bool | None) -> None:
-    """Import the codecs sessions use now, while the interpreter can still read
-    its library: after privileges drop it may not (a venv under /root)."""
-    for name in (*SESSION_CODECS, *extra):
-        if isinstance(name, str):
-            python_codec(name)
+    return lang.split(".", 1)[1].split("@", 1)[0] or None

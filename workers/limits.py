@@ -1,0 +1,31 @@
+"""The named bounds on what one client can make its worker hold or do.
+
+One :class:`SessionLimits` is shared by every session of a server (the
+operator's settings); a protocol reads it as ``self.limits``. Bounds that
+belong to the telnet parser itself are the engine's (``sb_limit``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers.telnet.charsets import Charsets
+
+#: Output a session may have waiting for its client before it is closed.
+DEFAULT_MAX_OUTPUT_BUFFER = 2**20
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    #: the charsets a client may choose (NEW-ENVIRON LANG, CHARSET)
+    charsets: Charsets = field(default_factory=Charsets)
+    #: bytes waiting in the transport past which the session is closed
+    max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER
+    #: characters kept of a TTYPE, TSPEED or XDISPLOC value (RFC 1091: 40)
+    max_value_length: int = 256
+    #: NEW-ENVIRON variables kept, and their names and values in bytes
+    max_environ_vars: int = 64
+    max_environ_bytes: int = 8192
+
+
+DEFAULT_LIMITS = SessionLimits()
