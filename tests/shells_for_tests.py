@@ -111,3 +111,15 @@ async def echo_once(reader: Any, writer: Any) -> None:
     await writer.drain()
     while await reader.read(65536):
         pass
+
+
+def plain_function_raises(reader: Any, writer: Any) -> None:
+    """A shell that is not a coroutine function, and fails at once."""
+    raise RuntimeError("the plain shell broke")
+
+
+async def raises_after_banner(reader: Any, writer: Any) -> None:
+    """Greets, reads one line, then fails: the session must still be closed."""
+    _write(writer, "hello\r\n")
+    await reader.readline()
+    raise KeyError("missing-room")

@@ -13,6 +13,8 @@ import re
 import select
 import socket
 import struct
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -282,3 +284,86 @@ def test_a_flood_of_malformed_commands_writes_a_few_log_lines(serve: Any) -> Non
     warnings = [line for line in server.log_text().splitlines()[lines_before:] if "WARNING" in line]
     assert 1 <= len(warnings) <= 10, warnings
     assert_unharmed(server, before)
+
+
+# ------------------------------------------------ errors stay where they happen
+
+
+def read_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"not closed within {timeout}s; got {bytes(got)!r}"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(got)
+        if not chunk:
+            return bytes(got)
+        got += chunk
+
+
+def test_partial_character_then_binary_off_does_not_escape_data_received(serve: Any) -> None:
+    """Half a UTF-8 character, then IAC WONT BINARY: it raised out of data_received."""
+    server = serve("--workers", "1")
+    before = serving_workers(server, 1)
+    client = TelnetClientSession(Terminal(env={}))
+    sock, _banner = negotiate(server.port, client, b"> ")
+    with sock:
+        # the shell echoes "caf" once the server has the half character too
+        talk(sock, client, b"caf\xc3", b"caf")
+        sock.sendall(bytes((IAC, WONT, BINARY)))
+        got = talk(sock, client, b"\r\nnext\r\n", b"You said: next")
+        assert b"input was not valid" in got or b"You said: caf" in got, got
+    assert "Fatal error" not in server.log_text()
+    assert_unharmed(server, before)
+
+
+def test_echo_shell_survives_bytes_it_cannot_decode(serve: Any) -> None:
+    server = serve("--workers", "1", "--shell", "echo")
+    before = serving_workers(server, 1)
+    client = TelnetClientSession(Terminal(env={}))
+    sock, _ = negotiate(server.port, client, b"", "127.0.0.1")
+    with sock:
+        got = talk(sock, client, b"bad \xc3\x28 byte|", b"|")
+        assert got.startswith(b"bad "), got
+        assert talk(sock, client, b"still echoing|", b"|").endswith(b"still echoing|")
+    assert "shell failed" not in server.log_text()
+    assert_unharmed(server, before)
+
+
+@pytest.mark.parametrize(
+    ("shell", "expected"),
+    [
+        ("plain_function_raises", "RuntimeError: the plain shell broke"),
+        ("raises_after_banner", "KeyError: 'missing-room'"),
+    ],
+)
+def test_a_failing_shell_closes_its_session_with_one_line(
+    serve: Any, shell: str, expected: str
+) -> None:
+    server = serve("--workers", "1", "--shell", f"tests.shells_for_tests:{shell}")
+    before = serving_workers(server, 1)
+    sock = start_session(server.port)
+    with sock:
+        sock.sendall(b"go\r\n")
+        read_to_eof(sock)  # closed, not left hanging
+        port = sock.getsockname()[1]
+    line = server.wait_for_log(rf"127\.0\.0\.1:{port}: shell failed: ")
+    assert expected in line.string and "shells_for_tests.py:" in line.string, line.string
+    assert "Traceback" not in server.log_text()
+    assert_unharmed(server, before)
+
+
+def test_shell_module_that_fails_on_import_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    (tmp_path / "brokenshell.py").write_text("ROOMS = {}\nROOMS['lobby'].append(1)\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "shardd", "serve", "--port", "0", "--shell", "brokenshell:shell"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "KeyError: 'lobby'" in lines[0] and "brokenshell.py:2" in lines[0], lines

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from typing import Any
 
 OWN_PACKAGES = ("shardd", "workers")
@@ -62,6 +63,12 @@ def load(spec: str, builtins: dict[str, Any], what: str) -> Any:
             else ""
         )
         raise ValueError(f"{what} {spec!r}: cannot import {module_name!r}: {exc}{hint}") from None
+    except Exception as exc:  # the module itself failed as it ran: one line says where
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ValueError(
+            f"{what} {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc} "
+            f"(at {frame.filename}:{frame.lineno})"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:

@@ -1,4 +1,4 @@
-"""Warnings about what clients send, rate-limited so that no client can flood the log.
+"""Warnings about clients, rate-limited so that no client can flood the log.
 
 One malformed sequence used to be one WARNING line, so 1 MB of ``IAC 0x01``
 pairs wrote 55 MB of log. Now, within each window of ``interval`` seconds,
@@ -43,8 +43,10 @@ class WarningLimiter:
         self._logger: logging.Logger | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
 
-    def warning(self, log: logging.Logger, host: str, msg: str, *args: Any) -> None:
-        """``log.warning(msg, *args)`` unless ``host`` or the process is over its share."""
+    def warning(
+        self, log: logging.Logger, host: str, msg: str, *args: Any, level: int = logging.WARNING
+    ) -> None:
+        """``log.log(level, msg, *args)`` unless ``host`` or the process is over its share."""
         now = time.monotonic()
         if now >= self._window_end:
             self.flush()
@@ -54,7 +56,7 @@ class WarningLimiter:
             if host in self._logged or len(self._logged) < MAX_HOSTS:
                 self._logged[host] = logged + 1
             self._logged_total += 1
-            log.warning(msg, *args)
+            log.log(level, msg, *args)
             return
         key = host if host in self._held or len(self._held) < MAX_HOSTS else _OTHERS
         self._held[key] = self._held.get(key, 0) + 1
@@ -88,14 +90,14 @@ class WarningLimiter:
         rest = ordered[MAX_SUMMARY_LINES:]
         for host, count in ordered[:MAX_SUMMARY_LINES]:
             log.warning(
-                "%s: %d more protocol warnings in the last %.0fs, not logged",
+                "%s: %d more warnings about this peer in the last %.0fs, not logged",
                 host,
                 count,
                 self.interval,
             )
         if rest:
             log.warning(
-                "%d more protocol warnings from %d more peers in the last %.0fs, not logged",
+                "%d more warnings about %d more peers in the last %.0fs, not logged",
                 sum(count for _host, count in rest),
                 len(rest),
                 self.interval,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
@@ -338,9 +339,11 @@ class BaseServer(asyncio.Protocol):
         """
         self.protocol_errors += 1
         self.counters["protocol_errors"] += 1
+        PROTOCOL_WARNINGS.warning(self.log, self._peer_host(), "%s: " + msg, self.peer, *args)
+
+    def _peer_host(self) -> str:
         peer = self.get_extra_info("peername")
-        host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-        PROTOCOL_WARNINGS.warning(self.log, host, "%s: " + msg, self.peer, *args)
+        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
     # ------------------------------------------------------------ negotiation
 
@@ -457,24 +460,36 @@ class BaseServer(asyncio.Protocol):
         """Start the shell once negotiation is over (a done callback)."""
         if future.cancelled() or self.closed or self.shell is None:
             return
-        result = self.shell(self.reader, self.writer)
+        try:
+            result = self.shell(self.reader, self.writer)
+        except Exception as exc:  # a plain function: it failed before it began
+            self._shell_failed(exc)
+            return
         if asyncio.iscoroutine(result):
             self._shell_task = self._loop.create_task(result)
             self._shell_task.add_done_callback(self._shell_done)
 
     def _shell_done(self, task: asyncio.Task[Any]) -> None:
-        if not task.cancelled():
-            exc = task.exception()
-            if isinstance(exc, ConnectionError) and self.closed:
-                # the peer went away mid-read or mid-drain: routine, not a shell bug
-                self.log.debug("%s: shell ended by lost connection: %s", self.peer, exc)
-            elif exc is not None:
-                self.log.error(
-                    "%s: shell failed: %s: %s",
-                    self.peer,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, ConnectionError) and self.closed:
+            # the peer went away mid-read or mid-drain: routine, not a shell bug
+            self.log.debug("%s: shell ended by lost connection: %s", self.peer, exc)
+        elif exc is not None:
+            self._shell_failed(exc)
+            return
+        self._close_transport()
+
+    def _shell_failed(self, exc: BaseException) -> None:
+        """One line naming the peer and where the shell failed; the traceback at debug."""
+        self.counters["shell_errors"] += 1
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" (at {frame[0].filename}:{frame[0].lineno} in {frame[0].name})" if frame else ""
+        message = "%s: shell failed: %s: %s%s"
+        args = (self.peer, type(exc).__name__, exc, where)
+        PROTOCOL_WARNINGS.warning(self.log, self._peer_host(), message, *args, level=logging.ERROR)
+        self.log.debug("%s: shell traceback", self.peer, exc_info=exc)
+        self._close_transport()
+
+    def _close_transport(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()

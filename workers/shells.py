@@ -24,7 +24,12 @@ async def echo(reader: TelnetReader, writer: TelnetWriter) -> None:
     # (no locals caching reader.read & co: three bound methods per idle session
     # cost more memory than the lookups cost time)
     while True:
-        data = await reader.read(ECHO_READ_SIZE)
+        try:
+            data = await reader.read(ECHO_READ_SIZE)
+        except UnicodeDecodeError:
+            # the reader kept the text, with U+FFFD for what it could not decode:
+            # the next read returns it, and the client hears it back
+            continue
         if not data:
             return
         writer.write(data)

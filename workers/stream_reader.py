@@ -103,10 +103,19 @@ class TelnetReader:
             return
         decoder = codecs.getincrementaldecoder(encoding)(self._errors)
         if self._decoder is not None:
-            # carry an unfinished multibyte sequence over to the new codec
+            # carry an unfinished multibyte sequence over to the new codec; in it,
+            # those bytes may be whole characters, or not valid at all
             pending = self._decoder.getstate()[0]
             if pending:
-                decoder.decode(pending)
+                try:
+                    carried = decoder.decode(pending)
+                except UnicodeDecodeError as exc:
+                    self._decode_error = exc  # the shell hears of it on its next read
+                    carried = pending.decode(encoding, "replace")
+                    decoder.reset()
+                if carried:
+                    self._buf += carried
+                    self._wake()
         else:
             self._buf = self._buf.decode(encoding, "replace")
             self._empty, self._cr, self._lf, self._nul = "", "\r", "\n", "\x00"
