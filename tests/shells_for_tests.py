@@ -6,6 +6,7 @@ it is started from the project root, so ``tests`` imports from there.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -123,3 +124,11 @@ async def raises_after_banner(reader: Any, writer: Any) -> None:
     _write(writer, "hello\r\n")
     await reader.readline()
     raise KeyError("missing-room")
+
+
+async def spew(reader: Any, writer: Any) -> None:
+    """Writes 256 MB as fast as it can and never drains: output only the client can take."""
+    chunk = "x" * 65536 + "\r\n"
+    for _ in range(4096):
+        writer.write(chunk)
+        await asyncio.sleep(0)  # let the loop run, still without waiting for the client

@@ -51,6 +51,8 @@ BAD_VALUES = [
     (["--bogus"], ["--bogus"]),
     (["--log-level", "loud"], ["log-level", "loud"]),
     (["--host", ""], ["host"]),
+    (["--max-output-buffer", "10"], ["max-output-buffer", "10"]),
+    (["--charsets", "utf-8,rot13"], ["charsets", "rot13"]),
 ]
 
 

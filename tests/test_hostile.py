@@ -367,3 +367,39 @@ def test_shell_module_that_fails_on_import_is_one_line_and_exit_2(tmp_path: Any)
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "KeyError: 'lobby'" in lines[0] and "brokenshell.py:2" in lines[0], lines
+
+
+# ------------------------------------------------------------ output
+
+
+def test_replies_to_a_client_that_never_reads_stop_reading_from_it(serve: Any) -> None:
+    """DO TIMING-MARK sent by a client that never reads: the replies queued without end."""
+    server = serve("--workers", "1")
+    before = serving_workers(server, 1)
+    rss = worker_rss(server)
+    sock = start_session(server.port)
+    sent = fill_until_blocked(sock, bytes((IAC, DO, TM)) * 21845)
+    grown = worker_rss(server) - rss
+    assert grown < 8 * 2**20, f"{sent} bytes sent, the worker grew {grown} bytes"
+    reset(sock)
+    assert_unharmed(server, before)
+
+
+def test_a_shell_cannot_queue_more_output_than_the_limit(serve: Any) -> None:
+    """A shell writing without drain() to a client that never reads grew a worker to 1.9 GB."""
+    server = serve("--workers", "1", "--shell", "tests.shells_for_tests:spew")
+    before = serving_workers(server, 1)
+    rss = worker_rss(server)
+    sock = connect(server.port)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        read_until(sock, IAC_DO_TTYPE, bytearray())
+        sock.sendall(bytes((IAC, WONT, TTYPE)))
+        port = sock.getsockname()[1]
+        server.wait_for_log(
+            rf"127\.0\.0\.1:{port}: \d+ bytes of output waiting, more than 1048576: "
+            "the client is not reading; closing", timeout=30,
+        )  # fmt: skip
+        grown = worker_rss(server) - rss
+        assert grown < 16 * 2**20, f"the worker grew {grown} bytes"
+    assert_unharmed(server, before)

@@ -32,6 +32,15 @@ from workers.telnet.telopt import name_command, name_option
 
 _monotonic = time.monotonic
 
+# Why reading from a client is paused, as bits of BaseServer._read_holds.
+_READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
+_OUTPUT_FULL = 2  # the client has not taken what was written (the high-water mark)
+
+# A session whose client leaves too much output unread gets this, then
+# OVERFLOW_GRACE_SECONDS to take it before its connection is aborted.
+OVERFLOW_GOODBYE = b"\r\nToo much output is waiting for you; closing the session.\r\n"
+OVERFLOW_GRACE_SECONDS = 5.0
+
 # How long a shell may go on after its connection is lost before it is cancelled:
 # enough to see EOF and clean up, not enough to leak a task per lost connection.
 SHELL_GRACE_SECONDS = 1.0
@@ -74,6 +83,8 @@ class BaseServer(asyncio.Protocol):
         "_last_received",
         "_limit",
         "_loop",
+        "_lost",
+        "_read_holds",
         "_shell_task",
         "_transport",
         "_waiter_closed",
@@ -135,8 +146,10 @@ class BaseServer(asyncio.Protocol):
         )
         self._advanced = False
         self._acknowledged = False
-        #: the connection is gone (connection_lost was called)
+        #: the connection is gone or being closed by us: output is dropped
         self.closed = False
+        self._lost = False  # connection_lost was called
+        self._read_holds = 0  # bits of _READ_HOLDS: why reading is paused
         self._check_later: asyncio.TimerHandle | None = None
         self._shell_task: asyncio.Task[Any] | None = None
         #: the transport's write buffer is over its high-water mark
@@ -178,8 +191,8 @@ class BaseServer(asyncio.Protocol):
             limit=self._limit,
             encoding=None if binary else self.encoding(incoming=True),
             encoding_errors=self._encoding_errors,
-            pause=transport.pause_reading,
-            resume=transport.resume_reading,
+            pause=self._reader_full,
+            resume=self._reader_has_room,
             loop=self._loop,
         )
         self.writer = TelnetWriter(
@@ -228,9 +241,9 @@ class BaseServer(asyncio.Protocol):
 
         ``exc`` is None when closed by EOF or by us.
         """
-        if self.closed:
+        if self._lost:
             return
-        self.closed = True
+        self._lost = self.closed = True
         self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
             self._check_later.cancel()
@@ -250,11 +263,57 @@ class BaseServer(asyncio.Protocol):
             self._waiter_closed.set_result(self)
 
     def pause_writing(self) -> None:
+        # Replies to what the client sends are output too (a DO TIMING-MARK
+        # flood): a client that does not read gets nothing more read from it.
         self.writing_paused = True
+        self._hold_reading(_OUTPUT_FULL)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._release_reading(_OUTPUT_FULL)
         self._wake_drainers(None)
+
+    def _hold_reading(self, why: int) -> None:
+        if not self._read_holds and self._transport is not None and not self._lost:
+            self._transport.pause_reading()
+        self._read_holds |= why
+
+    def _release_reading(self, why: int) -> None:
+        self._read_holds &= ~why
+        if not self._read_holds and self._transport is not None and not self._lost:
+            self._transport.resume_reading()
+
+    def _reader_full(self) -> None:
+        self._hold_reading(_READER_FULL)
+
+    def _reader_has_room(self) -> None:
+        self._release_reading(_READER_FULL)
+
+    def check_output(self) -> None:
+        """Close the session if its client leaves more than ``limits.max_output_buffer``
+        bytes unread: called after a write while writing is paused."""
+        transport = self._transport
+        if transport is None or self.closed:
+            return
+        size = transport.get_write_buffer_size()
+        limit = self.limits.max_output_buffer
+        if size <= limit:
+            return
+        self.counters["output_overflow"] += 1
+        PROTOCOL_WARNINGS.warning(
+            self.log,
+            self._peer_host(),
+            "%s: %d bytes of output waiting, more than %d: the client is not reading; closing",
+            self.peer,
+            size,
+            limit,
+        )
+        transport.write(OVERFLOW_GOODBYE)
+        self.closed = True  # later writes are dropped, and drain() raises
+        transport.close()
+        # close() waits for the buffer to drain, which a client that never
+        # reads never lets happen: abort after a grace
+        self._loop.call_later(OVERFLOW_GRACE_SECONDS, transport.abort)
 
     def _wake_drainers(self, exc: BaseException | None) -> None:
         waiters, self._drain_waiters = self._drain_waiters, None
@@ -285,6 +344,8 @@ class BaseServer(asyncio.Protocol):
             return
         self.tx_bytes += len(data)
         self._transport.write(data)  # type: ignore[union-attr]
+        if self.writing_paused:
+            self.check_output()
 
     def flush(self) -> None:
         """Send what the engine has queued (replies, requests)."""

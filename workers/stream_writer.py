@@ -60,6 +60,8 @@ class TelnetWriter:
         if not protocol.closed:
             protocol.tx_bytes += len(data)
             self._transport.write(data)
+            if protocol.writing_paused:
+                protocol.check_output()
 
     def writelines(self, lines: Iterable[str | bytes]) -> None:
         for line in lines:
