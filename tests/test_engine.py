@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.telnet.engine import (
+    DATA,
     DEFAULT_SB_LIMIT,
+    HELD,
     NO,
     WANTNO,
     WANTYES,
@@ -1158,6 +1160,42 @@ def test_split_does_not_change_replies_or_events(stream: bytes, sb_limit: int, d
         assert out == whole[2]
         assert non_errors(events) == non_errors(whole[1])
         assert len(errors(events)) == len(errors(whole[1]))
+
+
+@given(stream=STREAMS, sb_limit=SB_LIMITS, budget=st.integers(1, 12), data=st.data())
+@PROPERTY_SETTINGS
+def test_budget_holds_back_and_loses_nothing(stream: bytes, sb_limit: int, budget: int, data):
+    """With a budget, each receive() stops at a sequence boundary once it is spent; going
+    on with receive(b"") gives the same data, events and replies, in the same order."""
+    whole = run_chunks(make_engine(sb_limit), [stream])
+    engine = make_engine(sb_limit)
+    engine.budget = budget
+    inband = []
+    for chunk in split(stream, data.draw(cut_points(stream))):
+        inband.append(engine.receive(chunk))
+        for _turn in range(len(stream) + 1):
+            if engine.parser_state != HELD:
+                break
+            assert len(engine._held) < len(stream) + 1
+            inband.append(engine.receive(b""))
+        assert engine.parser_state != HELD
+    assert b"".join(inband) == whole[0]
+    assert normalized(engine.take_events()) == normalized(whole[1])
+    assert engine.data_to_send() == whole[2]
+
+
+def test_budget_counts_steps_not_calls() -> None:
+    engine = TelnetEngine(budget=10)
+    nops = iac(NOP) * 20  # two steps each: find the IAC, read the command
+    assert engine.receive(b"a" + nops + b"b") == b"a"
+    assert engine.parser_state == HELD
+    assert len(engine.take_events()) == 5
+    assert engine.receive(b"c") == b""  # held bytes first, then the new ones, in order
+    assert len(engine.take_events()) == 5
+    assert engine.receive(b"") + engine.receive(b"") == b""
+    assert len(engine.take_events()) == 10
+    assert engine.receive(b"") == b"bc"
+    assert engine.take_events() == [] and engine.parser_state == DATA
 
 
 @given(stream=st.binary(max_size=2000), data=st.data())

@@ -22,6 +22,7 @@ from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
 from workers.stream_writer import TelnetWriter
 from workers.telnet.engine import (
     DATA,
+    HELD,
     Command,
     OptionDisabled,
     OptionEnabled,
@@ -35,6 +36,7 @@ _monotonic = time.monotonic
 # Why reading from a client is paused, as bits of BaseServer._read_holds.
 _READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
 _OUTPUT_FULL = 2  # the client has not taken what was written (the high-water mark)
+_PARSING = 4  # the engine holds received bytes it has not parsed yet (its budget)
 
 # A session whose client leaves too much output unread gets this, then
 # OVERFLOW_GRACE_SECONDS to take it before its connection is aborted.
@@ -176,6 +178,7 @@ class BaseServer(asyncio.Protocol):
         # uvloop's transports are not registered subclasses of asyncio's
         self._transport = cast(asyncio.Transport, transport)
         self._when_connected = self._last_received = _monotonic()
+        self._engine.budget = self.limits.parse_budget
         try:
             self._start_session(self._transport)
         except Exception as exc:
@@ -218,6 +221,10 @@ class BaseServer(asyncio.Protocol):
         if engine.parser_state == DATA and b"\xff" not in data:
             self.reader.feed_data(data)  # type: ignore[union-attr]
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        engine = self._engine
         inband = engine.receive(data)
         if engine.events:
             self._process_events()
@@ -225,6 +232,19 @@ class BaseServer(asyncio.Protocol):
             self.flush()
         if inband:
             self.reader.feed_data(inband)  # type: ignore[union-attr]
+        if engine.parser_state == HELD:
+            # the engine stopped at its budget: the rest waits for a later turn
+            # of the loop, so that a flood of commands cannot starve other sessions
+            self._hold_reading(_PARSING)
+            if self._read_holds == _PARSING:
+                self._loop.call_soon(self._parse_held)
+        elif self._read_holds & _PARSING:
+            self._release_reading(_PARSING)
+
+    def _parse_held(self) -> None:
+        # another hold (a full reader, unread output) defers the rest until released
+        if not self._lost and self._read_holds == _PARSING:
+            self._parse(b"")
 
     def eof_received(self) -> bool:
         """Called when the other end calls write_eof() or equivalent.
@@ -280,8 +300,12 @@ class BaseServer(asyncio.Protocol):
 
     def _release_reading(self, why: int) -> None:
         self._read_holds &= ~why
-        if not self._read_holds and self._transport is not None and not self._lost:
+        if self._lost or self._transport is None:
+            return
+        if not self._read_holds:
             self._transport.resume_reading()
+        elif self._read_holds == _PARSING and why != _PARSING:
+            self._loop.call_soon(self._parse_held)
 
     def _reader_full(self) -> None:
         self._hold_reading(_READER_FULL)

@@ -45,6 +45,7 @@ _OPT = 2  # saw IAC WILL/WONT/DO/DONT, want the option byte
 _SB_OPT = 3  # saw IAC SB, want the option byte
 _SB = 4  # inside a subnegotiation
 _SB_IAC = 5  # inside a subnegotiation, saw IAC
+HELD = 6  # between sequences, with received bytes held back for the next receive()
 
 # RFC 1143 option states, one per side of each option.
 NO = 0
@@ -138,6 +139,7 @@ class TelnetEngine:
     """
 
     __slots__ = (
+        "_held",
         "_local",
         "_opt_verb",
         "_out",
@@ -145,6 +147,7 @@ class TelnetEngine:
         "_sb",
         "_sb_opt",
         "_sb_overflow",
+        "budget",
         "events",
         "parser_state",
         "role",
@@ -158,6 +161,7 @@ class TelnetEngine:
         accept_local: Iterable[int] = (),
         accept_remote: Iterable[int] = (),
         sb_limit: int = DEFAULT_SB_LIMIT,
+        budget: int | None = None,
     ) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
@@ -165,6 +169,10 @@ class TelnetEngine:
             raise ValueError("sb_limit must be positive")
         self.role = role
         self.sb_limit = sb_limit
+        #: parser steps (a find, or one byte of a sequence) per receive(); the
+        #: rest waits, parser_state HELD, for the next call. None: no limit.
+        self.budget = budget
+        self._held = b""
         self.events: list[Event] = []
         self._out = bytearray()
         self._local = _Side(accept_local)
@@ -181,18 +189,32 @@ class TelnetEngine:
         """Parse received bytes; return the in-band data they carry.
 
         Events are appended to ``self.events`` and replies to the output
-        buffer (see :meth:`data_to_send`).
+        buffer (see :meth:`data_to_send`). With a ``budget``, parsing stops at
+        the first sequence boundary past it: ``parser_state`` is then HELD, and
+        the next call (``receive(b"")`` to go on) starts with the held bytes.
         """
         if self.parser_state == DATA and IAC_BYTE not in data:
             return data
         return self._receive_sequences(data)
 
     def _receive_sequences(self, data: bytes) -> bytes:
+        if self.parser_state == HELD:
+            data = self._held + data if data else self._held
+            self._held = b""
+            self.parser_state = DATA
         inband: list[bytes] = []
         pos = 0
         end = len(data)
+        # every step takes at least one byte, so end + 1 steps is no limit
+        steps = self.budget or end + 1
         while pos < end:
             state = self.parser_state
+            if steps <= 0 and state == DATA:
+                # the budget is spent: keep the rest, from a sequence boundary
+                self._held = data[pos:]
+                self.parser_state = HELD
+                break
+            steps -= 1
             if state == DATA:
                 i = data.find(IAC_BYTE, pos)
                 if i < 0:
