@@ -232,8 +232,8 @@ class Supervisor:
             elif signum == signal.SIGTTOU:
                 self.change_workers(-1)
             elif signum == signal.SIGUSR1:
-                logs.reopen()
-                log.info("log files reopened")
+                if logs.reopen_files():
+                    log.info("log files reopened")
                 self._signal_workers(signal.SIGUSR1)
             # SIGCHLD: _reap runs on every step
 

@@ -985,6 +985,79 @@ def test_log_file_is_reopened_on_sigusr1(launch, tmp_path: Path) -> None:
     assert server.log_text() == ""
 
 
+def _remove_control_directory(port: int) -> None:
+    """The default control directory a server run as nobody leaves: it cannot remove it."""
+    path = Path(default_path(port))
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        path.parent.rmdir()
+
+
+def test_a_log_file_that_cannot_be_reopened_is_logged_and_kept(launch, shared_dir: Path) -> None:
+    # root's directory, as /var/log is: the server, as nobody, cannot create files there
+    logs = shared_dir / "logs"
+    logs.mkdir(mode=0o755)
+    log_file = logs / "shardd.log"
+    rotated = logs / "shardd.log.1"
+    server = launch(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--user",
+        "nobody",
+        "--group",
+        "nogroup",
+        "--log-file",
+        str(log_file),
+        log_file=log_file,
+    )
+    try:
+        workers = serving_workers(server, 2)
+        log_file.rename(rotated)  # logrotate without `create`
+        os.kill(sup_pid(server), signal.SIGUSR1)
+
+        def failure(pid: int) -> str:
+            return (
+                rf" {pid} ERROR shardd\.logs: cannot reopen the log file "
+                rf"{re.escape(str(log_file))}: Permission denied"
+            )
+
+        # the supervisor and each worker (they reopen on USR1 too) say so in the old file
+        for pid in (sup_pid(server), *(w["pid"] for w in workers.values())):
+            wait_until(
+                lambda pid=pid: re.search(failure(pid), rotated.read_text()),
+                10,
+                f"process {pid} logging that it cannot reopen the log file",
+            )
+        assert server.proc.poll() is None, server.log_text()
+        result = run_shardd("status", "--port", str(server.port))
+        assert result.returncode == 0, result
+        assert f"shardd supervisor {sup_pid(server)}," in result.stdout
+        after = serving_workers(server, 2)
+        assert {w["pid"] for w in after.values()} == {w["pid"] for w in workers.values()}
+        # the old file still gets every line, from the supervisor and the workers
+        assert run_shardd("workers", "-1", "--port", str(server.port)).returncode == 0
+        wait_until(
+            lambda: f"shard 1: worker {workers[1]['pid']} draining" in rotated.read_text(),
+            10,
+            "the draining worker's line in the old file",
+        )
+        assert server.stop() == 0
+        text = rotated.read_text()
+        assert len(re.findall(failure(sup_pid(server)), text)) == 1, text
+        assert "log files reopened" not in text, text
+        assert "stopped (exit status 0)" in text, text
+        assert "Traceback" not in text, text
+        assert not log_file.exists()
+        assert server.log_text() == ""  # nothing on stderr: no logging errors
+    finally:
+        _remove_control_directory(server.port)
+
+
 def test_json_log_format(serve) -> None:
     server = serve("--workers", "2", "--log-format", "json")
     workers = serving_workers(server, 2)
@@ -1028,7 +1101,7 @@ def _assert_runs_as_nobody(server: ServerProcess) -> dict[int, dict[str, Any]]:
 
 @pytest.fixture
 def serve_as_nobody(serve) -> Iterator[Callable[..., ServerProcess]]:
-    """``serve`` with --user nobody --group nogroup; removes the control socket it may leave."""
+    """``serve`` with --user nobody --group nogroup; removes the control files it may leave."""
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
@@ -1040,8 +1113,7 @@ def serve_as_nobody(serve) -> Iterator[Callable[..., ServerProcess]]:
     for server in started:
         if server.proc.poll() is None:
             server.stop()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(default_path(server.port))
+        _remove_control_directory(server.port)
 
 
 def test_user_and_group_drop_root(serve_as_nobody) -> None:
