@@ -198,9 +198,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         if cfg.pidfile:
             pidfile.write(cfg.pidfile)
         preload_codecs(cfg.encoding)
-        control_files = (
-            [supervisor.control.directory, supervisor.control.path] if supervisor.control else []
-        )
+        control_files = supervisor.control.handed_over if supervisor.control else []
         privileges.drop(
             cfg.user, cfg.group, [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p]
         )

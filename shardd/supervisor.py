@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from shardd import control, listeners, logs
+from shardd import control, listeners, logs, privileges
 from shardd.config import ServeConfig
 from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
@@ -147,7 +147,11 @@ class Supervisor:
         """Create the control socket, at a path derived from the port unless given."""
         path = self.cfg.control or control.default_path(self.port)
         self.control = control.ControlServer(
-            path, SupervisorHandlers(self), self.selector, own_directory=not self.cfg.control
+            path,
+            SupervisorHandlers(self),
+            self.selector,
+            own_directory=not self.cfg.control,
+            owners=[privileges.uid_of(self.cfg.user)],
         )
 
     def _add_shard_socket(self, index: int) -> Shard:
