@@ -211,9 +211,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         supervisor.bind_control()
         if cfg.pidfile:
             pidfile.write(cfg.pidfile)
-        control_files = (
-            [supervisor.control.directory, supervisor.control.path] if supervisor.control else []
-        )
+        control_files = supervisor.control.handed_over if supervisor.control else []
         privileges.drop(
             cfg.user, cfg.group, [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p]
         )

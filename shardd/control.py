@@ -9,6 +9,12 @@ reply; nothing a client sends can stop the supervisor.
 The server side runs on the supervisor's selector and reaches the
 supervisor only through :class:`ControlHandlers` (as gunicorn's
 ``ctl/handlers.py``): see :mod:`shardd.control_handlers`.
+
+Whoever controls the socket's directory can put their own socket in its
+place and answer ``shardd status`` and ``shardd stop`` for the server, so
+the server refuses a directory, and any directory it would create on the way
+to it, that another user owns or may write to, or that is a symlink; it
+never changes the mode or owner of a directory it did not create.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import selectors
 import socket
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
@@ -31,15 +38,117 @@ MAX_REPLY = 512 * 2**20
 _UCRED = struct.Struct("3i")
 
 
+@dataclass(frozen=True)
+class _Directory:
+    """A directory shardd creates for its control socket, or checks if it is there."""
+
+    path: str
+    mode: int  # what shardd creates it with
+    private: bool = False  # no permission at all for group and others
+
+
+def _default_base() -> _Directory:
+    """The directory holding one directory per port, for this user."""
+    if os.geteuid() == 0:
+        # searchable, so that the user a server drops to can reach its own
+        # directory below, as `shardd status --control` does
+        return _Directory("/run/shardd", 0o755)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return _Directory(os.path.join(runtime, "shardd"), 0o700)
+    # a name anyone can create first in /tmp: only a private one of ours will do
+    return _Directory(f"/tmp/shardd-{os.geteuid()}", 0o700, private=True)
+
+
 def default_path(port: int) -> str:
     """Where the server on ``port`` listens for operators: a directory per port."""
-    if os.geteuid() == 0:
-        base = "/run/shardd"
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        base = os.path.join(os.environ["XDG_RUNTIME_DIR"], "shardd")
-    else:
-        base = f"/tmp/shardd-{os.geteuid()}"
-    return os.path.join(base, str(port), "control.sock")
+    return os.path.join(_default_base().path, str(port), "control.sock")
+
+
+def _directories(path: str, default: bool) -> list[_Directory]:
+    """The directories from the highest one shardd may create down to ``path``'s."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = _default_base()
+    if default and os.path.dirname(directory) == base.path:
+        return [base, _Directory(directory, 0o700)]
+    chain = [_Directory(directory, 0o700)]
+    while not os.path.lexists(chain[0].path):
+        parent = os.path.dirname(chain[0].path)
+        if parent == chain[0].path:
+            break
+        chain.insert(0, _Directory(parent, 0o700))
+    if os.path.lexists(chain[0].path) and len(chain) > 1:
+        chain.pop(0)  # the existing parent of the first one to create: not ours to judge
+    return chain
+
+
+class UnsafeDirectory(OSError):
+    """The control socket's directory is not the server's own; ``str()`` says why."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"unsafe control directory: {problem}")
+
+
+def _open_directories(chain: list[_Directory], owners: Collection[int]) -> tuple[int, list[str]]:
+    """Create what is missing of ``chain``, top down, and check all of it.
+
+    Returns a descriptor of the last directory and the paths shardd created.
+    Each is created with its mode (nothing else can take its name then: the
+    one above was checked first), then opened without following a symlink and
+    checked again through that descriptor: what is checked is what is there.
+    """
+    top = os.path.dirname(chain[0].path)
+    if top != chain[0].path:  # "/" has no parent
+        mode = os.stat(top).st_mode
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise UnsafeDirectory(
+                f"{top} is writable by group or others and not sticky "
+                f"(mode {stat.S_IMODE(mode):04o}): another user could replace {chain[0].path}"
+            )
+    created: list[str] = []
+    fd = -1
+    try:
+        for directory in chain:
+            if fd >= 0:
+                os.close(fd)
+                fd = -1
+            try:
+                os.mkdir(directory.path, directory.mode)
+                created.append(directory.path)
+            except FileExistsError:
+                pass
+            # first by name, for a clear error where it cannot even be opened
+            _check_directory(directory, os.lstat(directory.path), owners)
+            fd = os.open(directory.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            if directory.path in created:
+                os.fchmod(fd, directory.mode)  # ours: undo what the umask took away
+            _check_directory(directory, os.fstat(fd), owners)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd, created
+
+
+def _check_directory(directory: _Directory, st: os.stat_result, owners: Collection[int]) -> None:
+    path = directory.path
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeDirectory(f"{path} is a symlink")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"{path} is not a directory")
+    if st.st_uid not in owners:
+        users = " or ".join(str(uid) for uid in sorted(set(owners)))
+        raise UnsafeDirectory(
+            f"{path} is owned by uid {st.st_uid}, not by the server's user (uid {users})"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if directory.private and mode & 0o077:
+        raise UnsafeDirectory(
+            f"{path} is open to group or others (mode {mode:04o}); "
+            f"shardd needs it to be {directory.mode:04o}"
+        )
+    if mode & 0o022:
+        raise UnsafeDirectory(f"{path} is writable by group or others (mode {mode:04o})")
 
 
 class ControlError(RuntimeError):
@@ -83,27 +192,34 @@ class ControlServer:
         selector: selectors.BaseSelector,
         *,
         own_directory: bool = False,
+        owners: Collection[int] = (),
     ) -> None:
+        """``owners``: the uids the server runs as (besides this one: its --user)."""
         self.path = path
         self.own_directory = own_directory  # the per-port default: removed with the socket
         self.handlers = handlers
         self.selector = selector
-        directory = os.path.dirname(path) or "."
-        # the parent must stay traversable for a server that drops root; the
-        # directory itself and the socket are private
-        base = os.path.dirname(directory) or "."
-        os.makedirs(base, mode=0o755, exist_ok=True)
-        if os.stat(base).st_uid == os.geteuid():
-            os.chmod(base, 0o755)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.directory = directory
-        self._remove_stale()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
+        chain = _directories(path, own_directory)
+        self.directory = chain[-1].path
+        # kept open, so that a server that dropped root can still remove its
+        # socket when it cannot search the directories above (a 0700 /run/shardd)
+        self._dir_fd, created = _open_directories(chain, {os.geteuid(), *owners})
+        # what the server's user gets (privileges.drop): the socket, and its
+        # directory if it is shardd's; never a directory someone else made
+        self.handed_over = [path]
+        if own_directory or self.directory in created:
+            self.handed_over.insert(0, self.directory)
         try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
+            self._remove_stale()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         os.chmod(path, 0o600)
         sock.listen(64)
         sock.setblocking(False)
@@ -243,6 +359,7 @@ class ControlServer:
         self.sock.close()
         for sock in self.clients:
             sock.close()
+        os.close(self._dir_fd)
 
     def close(self) -> None:
         for client in list(self.clients.values()):
@@ -253,14 +370,18 @@ class ControlServer:
             pass
         self.sock.close()
         try:
-            os.unlink(self.path)
-            if self.own_directory:
-                os.rmdir(self.directory)
+            os.unlink(os.path.basename(self.path), dir_fd=self._dir_fd)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            if exc.filename == self.path:
-                log.warning("cannot remove the control socket %s: %s", self.path, exc.strerror)
+            log.warning("cannot remove the control socket %s: %s", self.path, exc.strerror)
+        finally:
+            os.close(self._dir_fd)
+        if self.own_directory:
+            try:
+                os.rmdir(self.directory)
+            except OSError:
+                pass  # a server that dropped root cannot remove it from root's /run/shardd
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+log = logging.getLogger("shardd.logs")
+
 _TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 
 
@@ -29,13 +31,15 @@ class JsonFormatter(logging.Formatter):
 
 class _ReopenableFileHandler(logging.FileHandler):
     def reopen(self) -> None:
+        """Open the path anew, then swap: if opening fails, the old file stays in use."""
+        stream = self._open()
         self.acquire()
         try:
-            if self.stream is not None:
-                self.stream.close()
-            self.stream = self._open()
+            old, self.stream = self.stream, stream
         finally:
             self.release()
+        if old is not None:
+            old.close()
 
 
 def setup(level: str = "info", fmt: str = "text", path: str | None = None) -> None:
@@ -55,7 +59,27 @@ def setup(level: str = "info", fmt: str = "text", path: str | None = None) -> No
 
 
 def reopen() -> None:
-    """Reopen log files (after logrotate moved them away)."""
+    """Reopen log files (after logrotate moved them away): a worker's USR1."""
+    reopen_files()
+
+
+def reopen_files() -> bool:
+    """Reopen log files; False if one could not be.
+
+    A file that cannot be opened again (a server that dropped root, in a
+    directory only root may create files in) is logged, to the file still
+    open, and kept: losing the logs, or the process, would be worse.
+    """
+    reopened = True
     for handler in logging.getLogger().handlers:
         if isinstance(handler, _ReopenableFileHandler):
-            handler.reopen()
+            try:
+                handler.reopen()
+            except OSError as exc:
+                reopened = False
+                log.error(
+                    "cannot reopen the log file %s: %s; still writing to the file it had open",
+                    handler.baseFilename,
+                    exc.strerror or exc,
+                )
+    return reopened

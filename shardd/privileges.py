@@ -10,11 +10,16 @@ import pwd
 log = logging.getLogger("shardd.privileges")
 
 
+def uid_of(user: str | None) -> int:
+    """The uid the server runs as once ``drop`` has run."""
+    return pwd.getpwnam(user).pw_uid if user else os.getuid()
+
+
 def drop(user: str | None, group: str | None, owned_paths: list[str]) -> None:
     """Become ``user``/``group``; hand them ``owned_paths`` first. No-op if neither is set."""
     if user is None and group is None:
         return
-    uid = pwd.getpwnam(user).pw_uid if user else os.getuid()
+    uid = uid_of(user)
     gid = (
         grp.getgrnam(group).gr_gid
         if group

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from shardd import control, listeners, logs
+from shardd import control, listeners, logs, privileges
 from shardd.config import ServeConfig
 from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
@@ -34,14 +34,24 @@ from workers.worker import WorkerSettings, run_worker
 
 log = logging.getLogger("shardd.supervisor")
 
-# A worker that dies within this long of its fork (or before saying hello)
-# failed to start: its shard backs off instead of respawning at once.
-START_GRACE = 2.0
+# A worker that dies before saying hello failed to start (an import error, a
+# broken shell or protocol module): nothing suggests the next one will do
+# better, so its shard backs off, and this many start failures of one shard
+# within the window end the supervisor.
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
-# This many start failures of one shard within the window ends the supervisor.
 MAX_START_FAILURES = 5
 FAILURE_WINDOW = 60.0
+# A worker that said hello could start, so its death (a crash, an attack, the
+# OOM killer) never ends the supervisor: whatever else is wrong, giving up
+# would leave every client unserved. Its replacement starts at once; if that
+# one dies too before it has served CRASH_RESET, each next replacement waits
+# a little longer, up to CRASH_BACKOFF_MAX, so a shard whose workers die as
+# soon as they serve costs a few forks a second, not a core. Connections
+# wait in the shard's accept queue meanwhile (the supervisor holds it).
+CRASH_BACKOFF_FIRST = 0.05
+CRASH_BACKOFF_MAX = 0.5
+CRASH_RESET = 10.0
 # How long a status request waits for fresh worker reports.
 STATUS_WAIT = 1.0
 # After a fast stop (QUIT), how long workers get before SIGKILL.
@@ -68,6 +78,7 @@ class WorkerHandle:
     channel: socket.socket
     started_at: float
     state: str = "starting"  # starting, serving, draining, stopping
+    serving_since: float | None = None  # when it said hello
     decoder: ipc.Decoder = field(default_factory=ipc.Decoder)
     last_heartbeat: float = 0.0
     last_report: float | None = None
@@ -86,7 +97,8 @@ class Shard:
     restarts: int = 0
     failures: deque[float] = field(default_factory=deque)
     respawn_at: float | None = None
-    backoff: float = BACKOFF_FIRST
+    backoff: float = BACKOFF_FIRST  # after a failed start
+    crash_backoff: float = 0.0  # after the death of a worker that served
     removing: bool = False
 
 
@@ -135,7 +147,11 @@ class Supervisor:
         """Create the control socket, at a path derived from the port unless given."""
         path = self.cfg.control or control.default_path(self.port)
         self.control = control.ControlServer(
-            path, SupervisorHandlers(self), self.selector, own_directory=not self.cfg.control
+            path,
+            SupervisorHandlers(self),
+            self.selector,
+            own_directory=not self.cfg.control,
+            owners=[privileges.uid_of(self.cfg.user)],
         )
 
     def _add_shard_socket(self, index: int) -> Shard:
@@ -220,8 +236,8 @@ class Supervisor:
             elif signum == signal.SIGTTOU:
                 self.change_workers(-1)
             elif signum == signal.SIGUSR1:
-                logs.reopen()
-                log.info("log files reopened")
+                if logs.reopen_files():
+                    log.info("log files reopened")
                 self._signal_workers(signal.SIGUSR1)
             # SIGCHLD: _reap runs on every step
 
@@ -406,6 +422,7 @@ class Supervisor:
         if handle.state != "starting":
             return
         handle.state = "serving"
+        handle.serving_since = time.monotonic()
         shard = self.shard(handle.shard)
         if self.stopping:
             self._send(handle, ipc.STOP)
@@ -485,24 +502,40 @@ class Supervisor:
             return
         shard.worker = None
         now = time.monotonic()
-        failed_start = handle.state == "starting" or now - handle.started_at < START_GRACE
-        if failed_start and not handle.replaced:
-            shard.failures.append(now)
-            while shard.failures and now - shard.failures[0] > FAILURE_WINDOW:
-                shard.failures.popleft()
-            if len(shard.failures) >= MAX_START_FAILURES:
-                raise SupervisorError(
-                    f"shard {shard.index}: worker failed to start {len(shard.failures)} times "
-                    f"in {FAILURE_WINDOW:.0f}s (last: {how}); giving up"
-                )
-            shard.respawn_at = now + shard.backoff
-            log.warning("shard %d: respawning in %.1fs", shard.index, shard.backoff)
-            shard.backoff = min(shard.backoff * 2, BACKOFF_MAX)
+        if handle.serving_since is None:
+            self._failed_start(shard, now, how)
         else:
-            # it had outlived its start: whatever killed it, the next one starts at once
-            shard.respawn_at = now
-            shard.backoff = BACKOFF_FIRST
+            self._serving_worker_died(shard, now, now - handle.serving_since)
         shard.restarts += 1
+
+    def _failed_start(self, shard: Shard, now: float, how: str) -> None:
+        shard.failures.append(now)
+        while shard.failures and now - shard.failures[0] > FAILURE_WINDOW:
+            shard.failures.popleft()
+        if len(shard.failures) >= MAX_START_FAILURES:
+            raise SupervisorError(
+                f"shard {shard.index}: worker failed to start {len(shard.failures)} times "
+                f"in {FAILURE_WINDOW:.0f}s (last: {how}); giving up"
+            )
+        shard.respawn_at = now + shard.backoff
+        log.warning("shard %d: respawning in %.1fs", shard.index, shard.backoff)
+        shard.backoff = min(shard.backoff * 2, BACKOFF_MAX)
+
+    def _serving_worker_died(self, shard: Shard, now: float, served: float) -> None:
+        if served >= CRASH_RESET:
+            # a long-lived worker: the shard is healthy, whatever killed this one
+            shard.crash_backoff = 0.0
+            shard.backoff = BACKOFF_FIRST
+        delay = shard.crash_backoff
+        shard.respawn_at = now + delay
+        if delay:
+            log.warning(
+                "shard %d: its workers keep dying (this one served %.2fs); restarting in %.2fs",
+                shard.index,
+                served,
+                delay,
+            )
+        shard.crash_backoff = min(max(delay * 2, CRASH_BACKOFF_FIRST), CRASH_BACKOFF_MAX)
 
     # ------------------------------------------------------------------- timers
 

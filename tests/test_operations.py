@@ -45,6 +45,7 @@ TTYPE = 24
 IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 
 LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ (DEBUG|INFO|WARNING|ERROR) ")
 
 SUPERVISOR_FIELDS = {"pid", "uptime", "listen", "workers"}
 WORKER_FIELDS = {
@@ -429,6 +430,130 @@ def test_control_flag_overrides_the_path(launch, tmp_path: Path) -> None:
     assert str(port) in one_line_error(by_port)
     assert server.stop() == 0
     assert not path.exists()
+
+
+def refused_start(*args: str) -> subprocess.CompletedProcess[str]:
+    """``shardd serve`` with ``args``, which must exit by itself: it refuses to start."""
+    try:
+        return run_shardd("serve", *args, timeout=20)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"shardd serve started instead of refusing:\n{exc.stderr!r}") from None
+
+
+def _mode_and_owner(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_mode, st.st_uid, st.st_gid
+
+
+def _unsafe_port_directory(problem: str, directory: Path, tmp_path: Path) -> None:
+    """Make ``directory`` (the per-port control directory) unsafe in the way named."""
+    if problem == "symlink":
+        target = tmp_path / "elsewhere"
+        target.mkdir(mode=0o700)
+        directory.symlink_to(target)
+        return
+    directory.mkdir()
+    if problem == "another-user":
+        os.chown(directory, NOBODY.pw_uid, NOGROUP.gr_gid)
+        directory.chmod(0o700)
+    elif problem == "world-writable":
+        directory.chmod(0o777)
+    elif problem == "group-writable":
+        directory.chmod(0o770)
+    else:
+        raise AssertionError(problem)
+
+
+UNSAFE_DIRECTORIES = [
+    # (problem, what the error line must say)
+    ("another-user", rf"owned by uid {NOBODY.pw_uid}\b"),
+    ("world-writable", r"writable by group or others"),
+    ("group-writable", r"writable by group or others"),
+    ("symlink", r"symlink"),
+]
+
+
+@pytest.mark.parametrize(
+    ("problem", "says"), UNSAFE_DIRECTORIES, ids=[u[0] for u in UNSAFE_DIRECTORIES]
+)
+def test_an_unsafe_control_directory_is_refused_and_left_alone(
+    tmp_path: Path, problem: str, says: str
+) -> None:
+    # Another user could answer `shardd status` and `shardd stop` in the server's
+    # place from a directory it made, or made writable, before the server started.
+    base = Path(default_path(0)).parent.parent  # /run/shardd, as root
+    base.mkdir(mode=0o755, exist_ok=True)
+    for _ in range(100):  # a port no server left a directory for
+        port = free_port()
+        directory = base / str(port)
+        if not os.path.lexists(directory):
+            break
+    _unsafe_port_directory(problem, directory, tmp_path)
+    try:
+        before = _mode_and_owner(directory), _mode_and_owner(base)
+        result = refused_start("--host", "127.0.0.1", "--port", str(port), "--workers", "2")
+        after = _mode_and_owner(directory), _mode_and_owner(base)
+        leftovers = os.listdir(directory)
+    finally:
+        if directory.is_symlink():
+            directory.unlink()
+        else:
+            for name in os.listdir(directory):
+                os.unlink(directory / name)
+            directory.rmdir()
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    # log lines may come first (the file descriptor limit), then one line says why
+    errors = [line for line in result.stderr.splitlines() if not LOG_LINE.match(line)]
+    assert len(errors) == 1, result.stderr
+    (line,) = errors
+    assert line.startswith("shardd: cannot start: "), line
+    assert str(directory) in line, line
+    assert re.search(says, line), line
+    assert after == before, "shardd changed a directory it did not create"
+    assert leftovers == [], leftovers
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o700], ids=["like-tmp", "like-systemd-runtime-dir"])
+def test_the_control_directorys_parent_keeps_its_mode(launch, tmp_path: Path, mode: int) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    parent.chmod(mode)
+    path = parent / "ctl" / "control.sock"
+    server = launch("--host", "127.0.0.1", "--port", "0", "--workers", "2", "--control", str(path))
+    assert stat.S_IMODE(os.stat(parent).st_mode) == mode, oct(os.stat(parent).st_mode)
+    created = os.lstat(path.parent)
+    assert stat.S_ISDIR(created.st_mode) and stat.S_IMODE(created.st_mode) == 0o700, created
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert status_of(server, str(path))["supervisor"]["pid"] == sup_pid(server)
+    assert server.stop() == 0
+    assert stat.S_IMODE(os.stat(parent).st_mode) == mode, oct(os.stat(parent).st_mode)
+
+
+def test_with_user_a_directory_shardd_did_not_create_keeps_its_owner(
+    launch, shared_dir: Path
+) -> None:
+    path = shared_dir / "ctl.sock"  # in an existing directory of root's
+    before = _mode_and_owner(shared_dir)
+    server = launch(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--user",
+        "nobody",
+        "--group",
+        "nogroup",
+        "--control",
+        str(path),
+    )
+    serving_workers(server, 2, path=str(path))
+    assert os.lstat(path).st_uid == NOBODY.pw_uid  # the socket is the server's
+    assert _mode_and_owner(shared_dir) == before
+    assert server.stop() == 0
+    assert _mode_and_owner(shared_dir) == before
 
 
 _NOBODY_CLIENT = r"""
@@ -985,6 +1110,79 @@ def test_log_file_is_reopened_on_sigusr1(launch, tmp_path: Path) -> None:
     assert server.log_text() == ""
 
 
+def _remove_control_directory(port: int) -> None:
+    """The default control directory a server run as nobody leaves: it cannot remove it."""
+    path = Path(default_path(port))
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        path.parent.rmdir()
+
+
+def test_a_log_file_that_cannot_be_reopened_is_logged_and_kept(launch, shared_dir: Path) -> None:
+    # root's directory, as /var/log is: the server, as nobody, cannot create files there
+    logs = shared_dir / "logs"
+    logs.mkdir(mode=0o755)
+    log_file = logs / "shardd.log"
+    rotated = logs / "shardd.log.1"
+    server = launch(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--user",
+        "nobody",
+        "--group",
+        "nogroup",
+        "--log-file",
+        str(log_file),
+        log_file=log_file,
+    )
+    try:
+        workers = serving_workers(server, 2)
+        log_file.rename(rotated)  # logrotate without `create`
+        os.kill(sup_pid(server), signal.SIGUSR1)
+
+        def failure(pid: int) -> str:
+            return (
+                rf" {pid} ERROR shardd\.logs: cannot reopen the log file "
+                rf"{re.escape(str(log_file))}: Permission denied"
+            )
+
+        # the supervisor and each worker (they reopen on USR1 too) say so in the old file
+        for pid in (sup_pid(server), *(w["pid"] for w in workers.values())):
+            wait_until(
+                lambda pid=pid: re.search(failure(pid), rotated.read_text()),
+                10,
+                f"process {pid} logging that it cannot reopen the log file",
+            )
+        assert server.proc.poll() is None, server.log_text()
+        result = run_shardd("status", "--port", str(server.port))
+        assert result.returncode == 0, result
+        assert f"shardd supervisor {sup_pid(server)}," in result.stdout
+        after = serving_workers(server, 2)
+        assert {w["pid"] for w in after.values()} == {w["pid"] for w in workers.values()}
+        # the old file still gets every line, from the supervisor and the workers
+        assert run_shardd("workers", "-1", "--port", str(server.port)).returncode == 0
+        wait_until(
+            lambda: f"shard 1: worker {workers[1]['pid']} draining" in rotated.read_text(),
+            10,
+            "the draining worker's line in the old file",
+        )
+        assert server.stop() == 0
+        text = rotated.read_text()
+        assert len(re.findall(failure(sup_pid(server)), text)) == 1, text
+        assert "log files reopened" not in text, text
+        assert "stopped (exit status 0)" in text, text
+        assert "Traceback" not in text, text
+        assert not log_file.exists()
+        assert server.log_text() == ""  # nothing on stderr: no logging errors
+    finally:
+        _remove_control_directory(server.port)
+
+
 def test_json_log_format(serve) -> None:
     server = serve("--workers", "2", "--log-format", "json")
     workers = serving_workers(server, 2)
@@ -1028,7 +1226,7 @@ def _assert_runs_as_nobody(server: ServerProcess) -> dict[int, dict[str, Any]]:
 
 @pytest.fixture
 def serve_as_nobody(serve) -> Iterator[Callable[..., ServerProcess]]:
-    """``serve`` with --user nobody --group nogroup; removes the control socket it may leave."""
+    """``serve`` with --user nobody --group nogroup; removes the control files it may leave."""
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
@@ -1040,8 +1238,7 @@ def serve_as_nobody(serve) -> Iterator[Callable[..., ServerProcess]]:
     for server in started:
         if server.proc.poll() is None:
             server.stop()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(default_path(server.port))
+        _remove_control_directory(server.port)
 
 
 def test_user_and_group_drop_root(serve_as_nobody) -> None:
