@@ -46,6 +46,23 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "(default: UTF-8, ASCII, the ISO-8859 family, the DOS and Windows code pages, "
         "KOI8, Big5, GBK/GB18030, EUC-KR, Shift_JIS, EUC-JP and the like)",
     ),
+    "max_sessions": (
+        "N",
+        "sessions in all workers together; 0: as many as file descriptors allow, "
+        "keeping a reserve (default 0)",
+    ),
+    "max_sessions_per_ip": (
+        "N",
+        "sessions from one address in all workers together; 0: no limit (default 20)",
+    ),
+    "max_connect_rate_per_ip": (
+        "N",
+        "new connections per second from one address; 0: no limit (default 10)",
+    ),
+    "idle_timeout": (
+        "SECONDS",
+        "close a session whose client sends nothing for this long; 0: never (default 3600)",
+    ),
     "max_output_buffer": (
         "BYTES",
         "output waiting for one client past which its session is closed (default 1048576)",
@@ -189,7 +206,7 @@ def _serve_single(cfg: ServeConfig, opts: Any) -> int:
         os.getpid(),
         cfg.shell,
     )
-    run_single_process(sock, opts, cfg.graceful_timeout, cfg.backlog)
+    run_single_process(sock, opts, cfg.server_settings())
     log.info("stopped")
     return 0
 

@@ -20,7 +20,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from workers.admission import AdmissionLimits
 from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
+from workers.serving import ServerSettings
 from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
 
 
@@ -51,6 +53,10 @@ class ServeConfig:
     limit: int = 2**16
     charsets: list[str] = field(default_factory=lambda: list(DEFAULT_CHARSETS))
     max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER
+    max_sessions: int = 0
+    max_sessions_per_ip: int = AdmissionLimits.max_sessions_per_ip
+    max_connect_rate_per_ip: int = AdmissionLimits.max_connect_rate_per_ip
+    idle_timeout: float = 3600.0
     graceful_timeout: float = 10.0
     worker_timeout: float = 30.0
     stats_interval: float = 1.0
@@ -62,6 +68,19 @@ class ServeConfig:
     log_level: str = "info"
     log_format: str = "text"
     log_file: str | None = None
+
+    def server_settings(self) -> ServerSettings:
+        """What every worker's server is built with."""
+        return ServerSettings(
+            backlog=self.backlog,
+            graceful_timeout=self.graceful_timeout,
+            admission=AdmissionLimits(
+                max_sessions=self.max_sessions,
+                max_sessions_per_ip=self.max_sessions_per_ip,
+                max_connect_rate_per_ip=self.max_connect_rate_per_ip,
+            ),
+            idle_timeout=self.idle_timeout,
+        )
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -95,6 +114,14 @@ class ServeConfig:
         self.limit = check_int("limit", self.limit, 64, 2**30)
         self.charsets = check_charsets(self.charsets)
         self.max_output_buffer = check_int("max-output-buffer", self.max_output_buffer, 4096, 2**31)
+        self.max_sessions = check_int("max-sessions", self.max_sessions, 0, 10**7)
+        self.max_sessions_per_ip = check_int(
+            "max-sessions-per-ip", self.max_sessions_per_ip, 0, 60000
+        )
+        self.max_connect_rate_per_ip = check_int(
+            "max-connect-rate-per-ip", self.max_connect_rate_per_ip, 0, 60000
+        )
+        self.idle_timeout = check_float("idle-timeout", self.idle_timeout, 0.0, 10**7)
         self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
         self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
         self.stats_interval = check_float("stats-interval", self.stats_interval, 0.0, 3600)

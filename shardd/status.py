@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -50,6 +52,7 @@ def collect(sup: Supervisor) -> dict[str, Any]:
                 "last_report_age": None
                 if handle.last_report is None
                 else round(now - handle.last_report, 3),
+                **events(handle.counters),
             }
         )
         for session_id, (peer, connected_at, entry) in handle.sessions.items():
@@ -62,6 +65,8 @@ def collect(sup: Supervisor) -> dict[str, Any]:
             "workers": len(sup.active_shards()),
             "control": sup.control.path if sup.control else None,
             "stopping": sup.stopping,
+            # every worker's since the start, those that are gone included
+            **events(sup.past_counters + _sum(h.counters for h in sup.workers.values())),
         },
         "workers": workers,
         "connections": connections,
@@ -77,8 +82,8 @@ def _connection(
     now: float,
 ) -> dict[str, Any]:
     if entry is None:  # announced, not yet reported
-        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, ""]
-    _id, rx, tx, last_received, state, term, cols, rows, encoding = entry
+        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, "", 0]
+    _id, rx, tx, last_received, state, term, cols, rows, encoding, errors = entry
     return {
         "shard": handle.shard,
         "worker_pid": handle.pid,
@@ -93,4 +98,27 @@ def _connection(
         "rows": rows,
         "encoding": encoding,
         "state": state,
+        "protocol_errors": errors,
     }
+
+
+def events(counters: Mapping[str, int]) -> dict[str, Any]:
+    """A worker's counters as status shows them: refusals by reason, then each event."""
+    refused = {k.split(":", 1)[1]: n for k, n in counters.items() if k.startswith("refused:")}
+    return {
+        "refused": refused,
+        "protocol_errors": counters.get("protocol_errors", 0),
+        "closed_by_server": {
+            reason: counters[reason]
+            for reason in ("output_overflow", "idle_timeout")
+            if counters.get(reason)
+        },
+        "shell_errors": counters.get("shell_errors", 0),
+    }
+
+
+def _sum(counters: Iterable[Mapping[str, int]]) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for each in counters:
+        total.update(each)
+    return total

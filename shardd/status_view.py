@@ -80,6 +80,23 @@ _SESSION_HEADERS = [
 ]
 
 
+def _events(counts: dict[str, Any]) -> str:
+    """Refusals by reason, protocol errors, sessions the server closed: what happened."""
+    parts = []
+    refused = counts.get("refused") or {}
+    if refused:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
+        parts.append(f"refused {sum(refused.values())} ({reasons})")
+    if counts.get("protocol_errors"):
+        parts.append(f"{counts['protocol_errors']} protocol errors")
+    closed = counts.get("closed_by_server") or {}
+    if closed:
+        parts.append("closed " + ", ".join(f"{n} for {why}" for why, n in sorted(closed.items())))
+    if counts.get("shell_errors"):
+        parts.append(f"{counts['shell_errors']} shell errors")
+    return "; ".join(parts)
+
+
 def render(status: dict[str, Any]) -> str:
     sup = status["supervisor"]
     workers = status["workers"]
@@ -102,6 +119,8 @@ def render(status: dict[str, Any]) -> str:
             "CPU%",
             "RSS",
             "REPORT",
+            "REFUSED",
+            "ERRORS",
         ],
         [
             [
@@ -115,10 +134,15 @@ def render(status: dict[str, Any]) -> str:
                 "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
                 _bytes(w["rss_bytes"]),
                 "-" if w["last_report_age"] is None else f"{w['last_report_age']:.1f}s ago",
+                str(sum(w.get("refused", {}).values())),
+                str(w.get("protocol_errors", 0)),
             ]
             for w in workers
         ],
     )
+    happened = _events(sup)
+    if happened:
+        lines += ["", f"since the start: {happened}"]
     lines.append("")
     if not sessions:
         lines.append("no sessions")

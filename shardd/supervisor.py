@@ -18,7 +18,7 @@ import selectors
 import signal
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,7 @@ from shardd import control, listeners, logs, privileges
 from shardd.config import ServeConfig
 from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
+from workers.peer_table import PeerTable
 from workers.serving import SessionOptions
 from workers.worker import WorkerSettings, run_worker
 
@@ -54,6 +55,8 @@ CRASH_BACKOFF_MAX = 0.5
 CRASH_RESET = 10.0
 # How long a status request waits for fresh worker reports.
 STATUS_WAIT = 1.0
+# Shards that TTIN or `shardd workers +N` may add to those started with.
+EXTRA_SHARDS = 16
 # After a fast stop (QUIT), how long workers get before SIGKILL.
 QUIT_TIMEOUT = 2.0
 
@@ -77,12 +80,14 @@ class WorkerHandle:
     pid: int
     channel: socket.socket
     started_at: float
+    row: int  # its row of the shared peer table
     state: str = "starting"  # starting, serving, draining, stopping
     serving_since: float | None = None  # when it said hello
     decoder: ipc.Decoder = field(default_factory=ipc.Decoder)
     last_heartbeat: float = 0.0
     last_report: float | None = None
     accepted: int = 0
+    counters: dict[str, int] = field(default_factory=dict)  # the worker's, as reported
     sessions: dict[int, list[Any]] = field(default_factory=dict)  # id -> [peer, at, entry]
     awaiting_reply: bool = False
     process: psutil.Process | None = None
@@ -110,7 +115,13 @@ class Supervisor:
     def __init__(self, cfg: ServeConfig, opts: SessionOptions) -> None:
         self.cfg = cfg
         self.opts = opts
+        self.server_settings = cfg.server_settings()
+        # Every worker's counts for the limits per address, shared (mapped before
+        # any fork). Two rows a shard: a rolling restart's new worker and the old.
+        self.peer_table = PeerTable(2 * (cfg.workers + EXTRA_SHARDS))
+        self.free_rows = list(range(self.peer_table.rows - 1, -1, -1))
         self.shards: list[Shard] = []
+        self.past_counters: Counter[str] = Counter()  # of workers that are gone
         self.workers: dict[int, WorkerHandle] = {}  # pid -> handle, every live child
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
@@ -274,6 +285,14 @@ class Supervisor:
     def change_workers(self, delta: int) -> int:
         if self.stopping:
             return len(self.shards)
+        # each shard has two rows of the shared table: one to spare for a rolling restart
+        room = self.peer_table.rows // 2 - len(self.shards)
+        if delta > room:
+            log.warning(
+                "adding %d shards, not %d: the shared table has rows for %d more "
+                "(restart to have more)", max(room, 0), delta, max(room, 0),
+            )  # fmt: skip
+            delta = max(room, 0)
         for _ in range(delta):
             shard = self._add_shard_socket(len(self.shards))
             log.info("shard %d added", shard.index)
@@ -311,22 +330,24 @@ class Supervisor:
 
     def _spawn(self, shard: Shard) -> WorkerHandle:
         ours, theirs = socket.socketpair()
+        row = self.free_rows.pop()
         pid = os.fork()
         if pid == 0:  # the worker
             ours.close()
             self._close_in_child(keep=shard)
             settings = WorkerSettings(
                 shard=shard.index,
+                server=self.server_settings,
+                peer_table=self.peer_table,
+                row=row,
                 stats_interval=self.cfg.stats_interval,
-                graceful_timeout=self.cfg.graceful_timeout,
-                backlog=self.cfg.backlog,
                 reopen_logs=logs.reopen,
             )
             run_worker(settings, shard.sock, theirs, self.opts)
         theirs.close()
         ours.setblocking(False)
         now = time.monotonic()
-        handle = WorkerHandle(shard.index, pid, ours, started_at=now, last_heartbeat=now)
+        handle = WorkerHandle(shard.index, pid, ours, started_at=now, row=row, last_heartbeat=now)
         try:
             handle.process = psutil.Process(pid)
             handle.process.cpu_percent(None)  # start the CPU clock
@@ -392,6 +413,7 @@ class Supervisor:
             handle.last_heartbeat = now
             handle.last_report = now
             handle.accepted = message["accepted"]
+            handle.counters = message["counters"]
             for entry in message["sessions"]:
                 record = handle.sessions.get(entry[0])
                 if record is not None:
@@ -483,7 +505,14 @@ class Supervisor:
             if handle is None:
                 continue
             self._forget_channel(handle)
+            self._release_row(handle)
             self._worker_died(handle, _describe_exit(status))
+
+    def _release_row(self, handle: WorkerHandle) -> None:
+        self.past_counters.update(handle.counters)  # status totals outlive the worker
+        # the worker and its sessions are gone: so are their counts
+        self.peer_table.clear(handle.row)
+        self.free_rows.append(handle.row)
 
     def _worker_died(self, handle: WorkerHandle, how: str) -> None:
         shard = self.shard(handle.shard)
@@ -597,6 +626,7 @@ class Supervisor:
             handle = self.workers.pop(pid, None)
             if handle is not None:
                 self._forget_channel(handle)
+                self._release_row(handle)
                 log.info("shard %d: worker %d %s", handle.shard, pid, _describe_exit(status))
         self.workers.clear()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -19,6 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
+NO_ADDRESS_LIMITS = ("--max-sessions-per-ip", "0", "--max-connect-rate-per-ip", "0")
+
+
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
@@ -73,13 +79,27 @@ def read_until(
 class ServerProcess:
     """A ``shardd serve`` subprocess on loopback, its stderr collected line by line."""
 
-    def __init__(self, *args: str, cwd: Path = ROOT, console_script: bool = False) -> None:
-        """``console_script``: run the installed ``shardd`` command, not ``python -m shardd``."""
+    def __init__(
+        self,
+        *args: str,
+        cwd: Path = ROOT,
+        console_script: bool = False,
+        address_limits: bool = False,
+        nofile: int | None = None,
+    ) -> None:
+        """``console_script``: run the installed ``shardd`` command, not ``python -m shardd``.
+
+        Every client of a test comes from loopback, most from 127.0.0.1: unless
+        ``address_limits``, the limits per address are off (tests of them turn
+        them on). ``nofile``: the server's limit of open files, soft and hard.
+        """
         self.args = list(args)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         if "--workers" not in args:
             args = ("--workers", "0", *args)
+        if not address_limits:
+            args = (*NO_ADDRESS_LIMITS, *args)
         command = (
             [str(Path(sys.executable).parent / "shardd")]
             if console_script
@@ -92,6 +112,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
         )
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()

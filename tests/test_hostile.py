@@ -281,6 +281,12 @@ def test_a_flood_of_malformed_commands_writes_a_few_log_lines(serve: Any) -> Non
     lines_before = len(server.log_text().splitlines())
     with flood(server.port, bytes((IAC, WONT, TTYPE)), bytes((IAC, 0x01)) * 500_000) as sock:
         still_answers(sock)
+        # every one is counted, for the session and for its worker
+        st = status(server)
+        (session,) = st["connections"]
+        assert session["protocol_errors"] == 500_000
+        assert st["workers"][0]["protocol_errors"] == 500_000
+        assert st["supervisor"]["protocol_errors"] == 500_000
     warnings = [line for line in server.log_text().splitlines()[lines_before:] if "WARNING" in line]
     assert 1 <= len(warnings) <= 10, warnings
     assert_unharmed(server, before)

@@ -334,6 +334,7 @@ BAD_FRAMES = [
                 "t": "report",
                 "time": 1.0,
                 "accepted": 0,
+                "counters": {},
                 "sessions": [[1, "x"]],
                 "last": True,
                 "reply": False,

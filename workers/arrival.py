@@ -43,7 +43,7 @@ class Refusal(NamedTuple):
     message: str
 
 
-Admission = Callable[["Arrival"], Refusal | None]
+AdmissionCheck = Callable[["Arrival"], Refusal | None]
 Stage = Callable[["Arrival"], Awaitable[None]]
 
 
@@ -60,6 +60,8 @@ class Arrival(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._on_close: list[Callable[[], None]] = []
+        self._counted = False  # in Server.arriving
 
     # ------------------------------------------------------------ asyncio side
 
@@ -78,6 +80,8 @@ class Arrival(asyncio.Protocol):
         if not server.stages:
             self._hand_over()
             return
+        server.arriving += 1
+        self._counted = True
         self._task = asyncio.get_running_loop().create_task(self._run_stages())
 
     def data_received(self, data: bytes) -> None:
@@ -97,6 +101,18 @@ class Arrival(asyncio.Protocol):
         self._wake()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        self._leave()
+        self._closed()
+
+    def _leave(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.arriving -= 1
+
+    def _closed(self, _waiter: object = None) -> None:
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -104,6 +120,16 @@ class Arrival(asyncio.Protocol):
             waiter.set_result(None)
 
     # ------------------------------------------------------------- for stages
+
+    @property
+    def host(self) -> str:
+        """The client's address alone, for limits per address."""
+        peer = self.peername
+        return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this connection is gone, session or not."""
+        self._on_close.append(callback)
 
     @property
     def peer(self) -> str:
@@ -157,7 +183,10 @@ class Arrival(asyncio.Protocol):
     def _hand_over(self) -> None:
         transport = self.transport
         assert transport is not None
+        self._leave()
         session = self.server.sessions.new()
+        if self._on_close:
+            session._waiter_closed.add_done_callback(self._closed)
         transport.set_protocol(session)
         session.connection_made(transport)
         if self._buffer:

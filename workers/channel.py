@@ -213,6 +213,7 @@ class SupervisorChannel:
             ipc.REPORT,
             time=time.monotonic(),
             accepted=self.server.sessions.accepted,
+            counters=self.server.counters(),
             sessions=batch,
             last=last,
             reply=reply,
@@ -235,6 +236,7 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
         _as_int(info("cols", 0)),
         _as_int(info("rows", 0)),
         (writer.encoding or "binary") if writer is not None else "",
+        protocol.protocol_errors,
     ]
 
 

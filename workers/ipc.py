@@ -30,7 +30,10 @@ HELLO = "hello"  # pid, shard: the worker is serving its shard
 HEARTBEAT = "heartbeat"  # time: sent from inside the worker's event loop
 OPEN = "open"  # sessions: [[id, peer, connected_at], ...] first seen since the last report
 CLOSE = "close"  # id
-REPORT = "report"  # time, accepted, sessions: [SESSION_FIELDS...], last: bool, reply: bool
+# time, accepted, counters: {name: count} of the worker's events (refused:<reason>,
+# protocol_errors, output_overflow, idle_timeout, shell_errors), sessions:
+# [SESSION_FIELDS...], last: bool, reply: bool
+REPORT = "report"
 STOPPING = "stopping"  # sessions: how many are left as the worker winds down
 
 # Supervisor -> worker
@@ -49,7 +52,10 @@ SESSION_FIELDS = (
     "cols",
     "rows",
     "encoding",
+    "protocol_errors",
 )
+# More counters than this in one report is not a worker's report.
+MAX_COUNTERS = 64
 
 _NUMBER = (int, float)
 _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
@@ -60,6 +66,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     REPORT: {
         "time": _NUMBER,
         "accepted": (int,),
+        "counters": (dict,),
         "sessions": (list,),
         "last": (bool,),
         "reply": (bool,),
@@ -79,6 +86,7 @@ _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),
     (int,),
     (str,),
+    (int,),
 )
 
 
@@ -105,12 +113,20 @@ def check(message: Any) -> dict[str, Any]:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise FrameError(f"{kind}: field {name!r} is {value!r}")
     if kind == REPORT:
+        _check_counters(message["counters"])
         for entry in message["sessions"]:
             _check_session(entry)
     elif kind == OPEN:
         for entry in message["sessions"]:
             _check_opened(entry)
     return message
+
+
+def _check_counters(counters: dict[Any, Any]) -> None:
+    if len(counters) > MAX_COUNTERS or not all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in counters.items()
+    ):
+        raise FrameError(f"report: counters {counters!r:.80} are not names and counts")
 
 
 def _check_opened(entry: Any) -> None:

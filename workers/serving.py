@@ -21,20 +21,24 @@ import logging
 import signal
 import socket
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import uvloop
 
-from workers.arrival import Admission, Arrival, Stage
+from workers.admission import Admission, AdmissionLimits
+from workers.arrival import AdmissionCheck, Arrival, Stage
 from workers.limits import DEFAULT_LIMITS, SessionLimits
+from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
 
 log = logging.getLogger("shardd.serving")
 
 GOODBYE = "\r\nThe server is shutting down. Goodbye.\r\n"
+IDLE_GOODBYE = "\r\nYou have been idle too long. Goodbye.\r\n"
+IDLE_SWEEP_BATCH = 1000
 
 #: How a server stops: ``stop`` says goodbye and closes every session,
 #: ``drain`` lets sessions end on their own (until the graceful timeout),
@@ -54,6 +58,17 @@ class SessionOptions:
     connect_maxwait: float = 4.0
     limit: int | None = None
     limits: SessionLimits = DEFAULT_LIMITS
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How a server listens, admits, times out and stops (the same in every worker)."""
+
+    backlog: int = 4096
+    graceful_timeout: float = 10.0
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    #: a session whose client sends nothing for this long is closed; 0: never
+    idle_timeout: float = 0.0
 
 
 class Sessions:
@@ -100,8 +115,9 @@ class Sessions:
         if session_id is not None and self.on_close is not None:
             self.on_close(session_id)
 
-    def say_goodbye(self, message: str = GOODBYE) -> None:
-        for protocol in list(self.live):
+    def say_goodbye(self, message: str = GOODBYE, sessions: Iterable[BaseServer] = ()) -> None:
+        """Write ``message`` to ``sessions`` (default: every live one), in its encoding."""
+        for protocol in list(sessions or self.live):
             writer = protocol.writer
             if writer is not None and not writer.is_closing():
                 data = message if writer.encoding is not None else message.encode("ascii")
@@ -110,9 +126,10 @@ class Sessions:
                 except (UnicodeEncodeError, RuntimeError):
                     pass
 
-    def close_all(self) -> None:
-        """Close every session's connection; a closing transport still sends what it holds."""
-        for protocol in list(self.live):
+    def close_all(self, sessions: Iterable[BaseServer] = ()) -> None:
+        """Close every session's connection (or those of ``sessions``); a closing
+        transport still sends what it holds."""
+        for protocol in list(sessions or self.live):
             if protocol._transport is not None:
                 protocol._transport.close()
 
@@ -169,20 +186,27 @@ class Server:
         self,
         sock: socket.socket,
         opts: SessionOptions,
+        settings: ServerSettings | None = None,
         *,
-        backlog: int = 4096,
-        graceful_timeout: float = 10.0,
         shared_extra: dict[str, Any] | None = None,
+        counts: PeerCounts | None = None,
     ) -> None:
+        """``counts``: this server's row of the table its supervisor shares between
+        workers; without one (development mode), a table of its own."""
         self.sock = sock
         self.sessions = Sessions(opts, shared_extra)
-        self.backlog = backlog
-        self.graceful_timeout = graceful_timeout
+        self.settings = settings = settings or ServerSettings()
+        self.backlog = settings.backlog
+        self.graceful_timeout = settings.graceful_timeout
         #: the admission check and the stages every new connection goes through
-        self.admit: Admission | None = None
+        self.admit: AdmissionCheck | None = Admission(
+            self, counts or PeerTable(1).writer(0), settings.admission
+        )
         self.stages: list[Stage] = []
         #: connections not served, by reason
         self.refused: Counter[str] = Counter()
+        #: connections admitted and still in their stages (no session yet)
+        self.arriving = 0
         self._listener: asyncio.AbstractServer | None = None
         self._stop_mode: asyncio.Future[StopMode] | None = None
 
@@ -208,7 +232,11 @@ class Server:
                 self._new_connection, sock=self.sock, backlog=self.backlog
             )
             channel.serving()
+            idle = self._close_idle() if self.settings.idle_timeout else None
+            sweeper = loop.create_task(idle) if idle is not None else None
             mode = await self._stop_mode
+            if sweeper is not None:
+                sweeper.cancel()
             # closes only this process's copy of the socket: a supervisor keeps its own
             self._listener.close()
             channel.stopping(mode, len(self.sessions.live))
@@ -218,6 +246,28 @@ class Server:
         finally:
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+    async def _close_idle(self) -> None:
+        """Every so often, close the sessions whose clients have sent nothing for
+        ``idle_timeout`` seconds; a thousand sessions looked at per loop turn."""
+        timeout = self.settings.idle_timeout
+        period = min(max(timeout / 10, 1.0), 60.0)
+        while True:
+            await asyncio.sleep(period)  # the sweep's own period, not a wait for an event
+            for n, protocol in enumerate(list(self.sessions.live)):
+                if n and not n % IDLE_SWEEP_BATCH:
+                    await asyncio.sleep(0)
+                if protocol.idle >= timeout and not protocol.closed:
+                    self.sessions.counters["idle_timeout"] += 1
+                    log.debug("%s: idle for %.0fs, closing", protocol.peer, protocol.idle)
+                    self.sessions.say_goodbye(IDLE_GOODBYE, [protocol])
+                    self.sessions.close_all([protocol])
+
+    def counters(self) -> dict[str, int]:
+        """What happened in this server so far: refusals by reason, then session events."""
+        counts = {f"refused:{reason}": n for reason, n in self.refused.items()}
+        counts.update(self.sessions.counters)
+        return counts
 
     def stop(self, mode: StopMode = "stop") -> None:
         """Ask the server to stop; the first request wins."""
@@ -249,10 +299,8 @@ class Server:
             sessions.abort_all()
 
 
-def run_single_process(
-    sock: socket.socket, opts: SessionOptions, graceful_timeout: float, backlog: int = 4096
-) -> None:
+def run_single_process(sock: socket.socket, opts: SessionOptions, settings: ServerSettings) -> None:
     """Development mode: a server in this process, on a fresh uvloop loop, no supervisor."""
-    server = Server(sock, opts, backlog=backlog, graceful_timeout=graceful_timeout)
+    server = Server(sock, opts, settings)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(server.serve({signal.SIGTERM: "stop", signal.SIGINT: "stop"}))

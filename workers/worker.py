@@ -23,7 +23,8 @@ from typing import NoReturn
 import uvloop
 
 from workers.channel import SupervisorChannel
-from workers.serving import Server, SessionOptions
+from workers.peer_table import PeerTable
+from workers.serving import Server, ServerSettings, SessionOptions
 
 _set_title: Callable[[str], None] | None
 try:  # optional; imported here, before the fork and any privilege drop
@@ -60,10 +61,12 @@ SIGNAL_DISPOSITIONS: dict[signal.Signals, signal.Handlers] = {
 @dataclass
 class WorkerSettings:
     shard: int
+    server: ServerSettings
+    #: the shared table of counts every worker writes a row of, and this one's row
+    peer_table: PeerTable
+    row: int
     stats_interval: float = 1.0
     heartbeat_interval: float = 1.0
-    graceful_timeout: float = 10.0
-    backlog: int = 4096
     reopen_logs: Callable[[], None] | None = None
 
 
@@ -119,9 +122,9 @@ async def _serve(
     server = Server(
         listen_sock,
         opts,
-        backlog=settings.backlog,
-        graceful_timeout=settings.graceful_timeout,
+        settings.server,
         shared_extra={"shard": settings.shard},
+        counts=settings.peer_table.writer(settings.row),
     )
     channel = SupervisorChannel(
         ipc_sock,

@@ -40,6 +40,12 @@ def _shardd(workers: int) -> tuple[str, ...]:
         "echo",
         "--log-level",
         "warning",
+        # every session comes from 127.0.0.1: the limits per address would refuse
+        # most of them, and a benchmark measures throughput, not limits
+        "--max-sessions-per-ip",
+        "0",
+        "--max-connect-rate-per-ip",
+        "0",
     )
 
 
