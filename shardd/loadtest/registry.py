@@ -39,3 +39,10 @@ def param_flags() -> dict[str, list[tuple[Scenario, Param]]]:
 def memory_scenarios() -> list[str]:
     """The scenarios that read the server's memory (--control, --server-port, --pids)."""
     return [s.name for s in by_name() if s.memory_barrier is not None]
+
+
+def control_scenarios() -> list[str]:
+    """The scenarios that read the server's control socket (--control, --server-port)."""
+    return [
+        s.name for s in by_name() if s.memory_barrier is not None or s.watch_workers is not None
+    ]
