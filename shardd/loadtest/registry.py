@@ -8,7 +8,7 @@ scenarios by name.
 
 from __future__ import annotations
 
-from shardd.loadtest import connect, echo, idle, storm
+from shardd.loadtest import connect, echo, hostile, idle, storm
 from shardd.loadtest.scenario import Param, Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Scenario] = {
         connect.SCENARIO,
         idle.SCENARIO,
         storm.SCENARIO,
+        hostile.SCENARIO,
     )
 }
 
