@@ -387,6 +387,14 @@ BAD_VALUES = [
     (["connect", "--source", "::1"], "source"),
     (["idle", "--sessions", "100000"], "procs"),
     (["nosuch"], "scenario"),
+    (["hostile", "--kinds", "sb,nosuch"], "kinds"),
+    (["hostile", "--kinds", ""], "kinds"),
+    (["hostile", "--inputs", "0"], "inputs"),
+    (["hostile", "--bystanders", "0"], "bystanders"),
+    (["hostile", "--seed", "-1"], "seed"),
+    (["hostile", "--duration", "0"], "duration"),
+    (["hostile", "--pids", "1"], "pids"),
+    (["connect", "--kinds", "sb"], "kinds"),
 ]
 
 

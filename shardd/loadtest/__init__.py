@@ -1,6 +1,6 @@
 """The bundled load-test client: real telnet sessions on uvloop, loopback only.
 
-Four scenarios, each a coroutine running in the caller's event loop, in a
+Five scenarios, each a coroutine running in the caller's event loop, in a
 module of its own with its result and its registry entry:
 
 - :mod:`~shardd.loadtest.connect`: session setups, ``concurrency`` of them in
@@ -10,11 +10,14 @@ module of its own with its result and its registry entry:
 - :mod:`~shardd.loadtest.idle`: sessions opened and held, and the server's
   memory for them;
 - :mod:`~shardd.loadtest.storm`: sessions arriving at a fixed rate, each held
-  a random time.
+  a random time;
+- :mod:`~shardd.loadtest.hostile`: randomised hostile telnet streams, and
+  whether the server and well-behaved bystanders survive them.
 
-Every session answers the server's negotiation like a terminal client
-(:class:`~workers.telnet.client.TelnetClientSession`) and counts as set up
-when the first in-band byte arrives from the server.
+Every session of the first four answers the server's negotiation like a
+terminal client (:class:`~workers.telnet.client.TelnetClientSession`) and
+counts as set up when the first in-band byte arrives from the server;
+hostile sessions do so only when their attack needs the shell.
 
 :mod:`~shardd.loadtest.registry` lists the scenarios; the command line
 (:mod:`~shardd.loadtest.cli`) and ``shardd bench`` take everything about a

@@ -13,7 +13,7 @@ import sys
 
 from shardd.loadtest import registry, report, runner
 from shardd.loadtest.plan import make_plan
-from shardd.loadtest.scenario import Param, Scenario
+from shardd.loadtest.scenario import Param, Scenario, Value
 
 EXIT_INTERRUPTED = 130
 
@@ -67,16 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit status 1 when failures exceed this (0)",
     )
     memory = ", ".join(registry.memory_scenarios())
+    watching = ", ".join(registry.control_scenarios())
     rss = parser.add_mutually_exclusive_group()
     rss.add_argument(
         "--control",
         metavar="PATH",
-        help=f"{memory}: the server's control socket, to read its workers' memory",
+        help=f"{watching}: the server's control socket, to read its workers",
     )
     rss.add_argument(
         "--server-port",
         metavar="PORT",
-        help=f"{memory}: the port shardd serve was started with (finds its control socket)",
+        help=f"{watching}: the port shardd serve was started with (finds its control socket)",
     )
     rss.add_argument(
         "--pids", metavar="PID,...", help=f"{memory}: server processes to read memory of"
@@ -90,14 +91,14 @@ def _flag_help(uses: list[tuple[Scenario, Param]]) -> str:
     if len(uses) > 1 and len(meanings) == 1:
         by_default: dict[str, list[str]] = {}
         for scenario, param in uses:
-            by_default.setdefault(_number(param.default), []).append(scenario.name)
+            by_default.setdefault(_value(param.default), []).append(scenario.name)
         defaults = ", ".join(f"{_listing(names)} {value}" for value, names in by_default.items())
         return f"{meanings.pop()} ({defaults})"
-    return "; ".join(f"{s.name}: {p.help} ({_number(p.default)})" for s, p in uses)
+    return "; ".join(f"{s.name}: {p.help} ({_value(p.default)})" for s, p in uses)
 
 
-def _number(value: int | float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+def _value(value: Value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,15 +10,15 @@ from typing import Any
 
 from shardd import control
 from shardd.config import ConfigError, check_float, check_int
-from shardd.loadtest.registry import SCENARIOS, memory_scenarios, param_flags
+from shardd.loadtest.registry import SCENARIOS, control_scenarios, memory_scenarios, param_flags
 from shardd.loadtest.scenario import Scenario
 from shardd.loadtest.target import CLOSE_GRACE, Target
 
 MAX_PROCS = 64
 # beyond its own bound, how long the parent gives client processes before killing them
 SLACK = 30.0
-# the flags of the server whose memory is read, by their argparse names
-MEMORY_FLAGS = ("control", "server_port", "pids")
+# the flags naming the server whose control socket or memory is read, by their argparse names
+CONTROL_FLAGS = ("control", "server_port")
 
 
 def _split(total: int, parts: int, index: int) -> int:
@@ -68,7 +68,8 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
     """Check every flag; ConfigError names the first bad one. Connects to nothing."""
     scenario = SCENARIOS[args.scenario]
     takers = {name: [s.name for s, _p in uses] for name, uses in param_flags().items()}
-    takers.update(dict.fromkeys(MEMORY_FLAGS, memory_scenarios()))
+    takers.update(dict.fromkeys(CONTROL_FLAGS, control_scenarios()))
+    takers["pids"] = memory_scenarios()
     for name, scenarios in takers.items():
         if getattr(args, name) is not None and scenario.name not in scenarios:
             raise ConfigError(

@@ -8,7 +8,7 @@ scenarios by name.
 
 from __future__ import annotations
 
-from shardd.loadtest import connect, echo, idle, storm
+from shardd.loadtest import connect, echo, hostile, idle, storm
 from shardd.loadtest.scenario import Param, Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Scenario] = {
         connect.SCENARIO,
         idle.SCENARIO,
         storm.SCENARIO,
+        hostile.SCENARIO,
     )
 }
 
@@ -39,3 +40,10 @@ def param_flags() -> dict[str, list[tuple[Scenario, Param]]]:
 def memory_scenarios() -> list[str]:
     """The scenarios that read the server's memory (--control, --server-port, --pids)."""
     return [s.name for s in by_name() if s.memory_barrier is not None]
+
+
+def control_scenarios() -> list[str]:
+    """The scenarios that read the server's control socket (--control, --server-port)."""
+    return [
+        s.name for s in by_name() if s.memory_barrier is not None or s.watch_workers is not None
+    ]

@@ -5,7 +5,8 @@ its share (:mod:`~shardd.loadtest.client_process`). This (parent) process
 reads their pipes, releases barriers, which keep them in step (every echo
 process measures the same interval; idle's memory is read while every
 process holds its sessions), prints progress, and merges their results:
-counts add up, latency histograms merge bucket by bucket.
+counts add up, latency histograms merge bucket by bucket. For a scenario
+that watches the server's workers, it reads them before and after the run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from shardd import control
 from shardd.loadtest import client_process
 from shardd.loadtest.plan import Plan
 from shardd.loadtest.results import ServerMemory
+from shardd.loadtest.scenario import Worker
 from shardd.loadtest.target import server_rss
 
 PROGRESS_EVERY = 1.0
@@ -230,8 +232,17 @@ def _server_rss(plan: Plan) -> tuple[list[int], int]:
     return list(pids), server_rss(pids)
 
 
+def _workers(path: str) -> list[Worker]:
+    workers: list[Worker] = control.request(path, {"cmd": "status"}).get("workers", [])
+    return workers
+
+
 def _merge(
-    plan: Plan, coordinator: _Coordinator, rss_before: int | None, before_pids: list[int]
+    plan: Plan,
+    coordinator: _Coordinator,
+    rss_before: int | None,
+    before_pids: list[int],
+    workers: tuple[list[Worker], list[Worker] | None] | None,
 ) -> Outcome:
     interrupted = coordinator.interrupts > 0
     results = []
@@ -258,6 +269,8 @@ def _merge(
     if lost:
         summary["failures"][LOST_PROCESS] = len(lost)
         summary["failures_by_phase"].setdefault("client", {})[LOST_PROCESS] = len(lost)
+    if workers is not None and plan.scenario.watch_workers is not None:
+        plan.scenario.watch_workers(summary, *workers)
     total = sum(summary["failures"].values())
     summary["failures_total"] = total
     head = {
@@ -275,12 +288,14 @@ def _merge(
 def run(plan: Plan) -> Outcome:
     """Fork the client processes, see them through, merge what they return.
 
-    ControlError if the server's memory cannot be read before anything starts.
+    ControlError if the server's memory or workers cannot be read before anything starts.
     """
     rss_before: int | None = None
     before_pids: list[int] = []
-    if plan.control_path or plan.pids:
+    if plan.scenario.memory_barrier is not None and (plan.control_path or plan.pids):
         before_pids, rss_before = _server_rss(plan)  # no server: nothing opened yet
+    watched = plan.control_path if plan.scenario.watch_workers is not None else None
+    workers_before = _workers(watched) if watched is not None else []
     # a Ctrl-C while forking must not kill a half-started client; each sets its own
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -296,4 +311,13 @@ def run(plan: Plan) -> Outcome:
                 f"shardd: client process {child.index} (pid {child.pid}): {child.error.rstrip()}",
                 file=sys.stderr,
             )
-    return _merge(plan, coordinator, rss_before, before_pids)
+    workers: tuple[list[Worker], list[Worker] | None] | None = None
+    if watched is not None:
+        # a status request waits for every worker's loop to answer, so what the
+        # run's last bytes did to a worker has happened by then
+        try:
+            workers = (workers_before, _workers(watched))
+        except control.ControlError as exc:
+            print(f"shardd: cannot read the server's workers: {exc}", file=sys.stderr)
+            workers = (workers_before, None)
+    return _merge(plan, coordinator, rss_before, before_pids, workers)

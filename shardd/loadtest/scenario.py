@@ -18,8 +18,12 @@ from typing import Any, Protocol
 from shardd.config import check_float, check_int
 from shardd.loadtest.results import Result, ServerMemory
 
+#: a parameter's value: a number, or a word list such as hostile's --kinds
+Value = int | float | str
 #: (flag, value) -> checked value; ConfigError naming the flag
-Check = Callable[[str, Any], int | float]
+Check = Callable[[str, Any], Value]
+#: a worker as the control socket's ``status`` lists it (shard, pid, restarts, rss_bytes, ...)
+Worker = dict[str, Any]
 #: the table's (label, value) lines for one summary
 Rows = list[tuple[str, str]]
 
@@ -44,7 +48,7 @@ class Param:
     """
 
     name: str
-    default: int | float
+    default: Value
     check: Check
     help: str
     metavar: str
@@ -152,6 +156,11 @@ class Scenario:
     holds_sessions: bool = True
     #: the barrier where every session is held, if the server's memory is read (see above)
     memory_barrier: str | None = None
+    #: watches the server's workers: with --control or --server-port, the
+    #: parent reads them (``status``) before the run and after it (None if
+    #: it could not) and this adds what it makes of them to the summary,
+    #: failures included: (summary, before, after) -> None
+    watch_workers: Callable[[dict[str, Any], list[Worker], list[Worker] | None], None] | None = None
     #: the progress line's counter that also gets a rate per second
     progress_rate: str | None = None
     bench: tuple[BenchCase, ...] = ()
