@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -66,7 +66,7 @@ def collect(sup: Supervisor) -> dict[str, Any]:
             "control": sup.control.path if sup.control else None,
             "stopping": sup.stopping,
             # every worker's since the start, those that are gone included
-            **events(sup.past_counters + _sum(h.counters for h in sup.workers.values())),
+            **events(_totals(sup)),
         },
         "workers": workers,
         "connections": connections,
@@ -114,11 +114,23 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
             if counters.get(reason)
         },
         "shell_errors": counters.get("shell_errors", 0),
+        "gc": {
+            "collections": [counters.get(f"gc_collections_{g}", 0) for g in range(3)],
+            "max_pause_ms": round(counters.get("gc_max_pause_us", 0) / 1000, 1),
+        },
     }
 
 
-def _sum(counters: Iterable[Mapping[str, int]]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for each in counters:
-        total.update(each)
+def _totals(sup: Supervisor) -> Counter[str]:
+    """Every worker's counters since the start, those gone included; the longest
+    pause is the longest of any, not a sum."""
+    total: Counter[str] = Counter(sup.past_counters)
+    for handle in sup.workers.values():
+        total.update(handle.counters)
+    total["gc_max_pause_us"] = max(
+        [
+            sup.past_max_pause_us,
+            *(h.counters.get("gc_max_pause_us", 0) for h in sup.workers.values()),
+        ]
+    )
     return total

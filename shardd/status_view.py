@@ -94,6 +94,9 @@ def _events(counts: dict[str, Any]) -> str:
         parts.append("closed " + ", ".join(f"{n} for {why}" for why, n in sorted(closed.items())))
     if counts.get("shell_errors"):
         parts.append(f"{counts['shell_errors']} shell errors")
+    gc = counts.get("gc") or {}
+    if gc.get("max_pause_ms"):
+        parts.append(f"longest GC pause {gc['max_pause_ms']} ms")
     return "; ".join(parts)
 
 

@@ -122,6 +122,7 @@ class Supervisor:
         self.free_rows = list(range(self.peer_table.rows - 1, -1, -1))
         self.shards: list[Shard] = []
         self.past_counters: Counter[str] = Counter()  # of workers that are gone
+        self.past_max_pause_us = 0
         self.workers: dict[int, WorkerHandle] = {}  # pid -> handle, every live child
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
@@ -509,7 +510,10 @@ class Supervisor:
             self._worker_died(handle, _describe_exit(status))
 
     def _release_row(self, handle: WorkerHandle) -> None:
-        self.past_counters.update(handle.counters)  # status totals outlive the worker
+        # status totals outlive the worker
+        self.past_counters.update(handle.counters)
+        pause = handle.counters.get("gc_max_pause_us", 0)
+        self.past_max_pause_us = max(self.past_max_pause_us, pause)
         # the worker and its sessions are gone: so are their counts
         self.peer_table.clear(handle.row)
         self.free_rows.append(handle.row)

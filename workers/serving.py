@@ -29,6 +29,7 @@ import uvloop
 
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
+from workers.gc_watch import GcWatch
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
@@ -224,6 +225,8 @@ class Server:
         for signum, mode in signals.items():
             loop.add_signal_handler(signum, self.stop, mode)
         channel = channel or _Unsupervised()
+        gc_watch = GcWatch(self.sessions.counters)
+        gc_watch.install()
         try:
             await channel.open(self)
             # create_server listens again on the socket: without backlog= it
@@ -244,6 +247,7 @@ class Server:
             channel.close()
             return mode
         finally:
+            gc_watch.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
 
