@@ -20,7 +20,7 @@ from conftest import async_wait_until
 
 from shardd.listeners import bind
 from workers.arrival import Arrival, Refusal
-from workers.serving import Server, SessionOptions
+from workers.serving import Server, ServerSettings, SessionOptions
 
 TIMEOUT = 10.0
 
@@ -62,7 +62,9 @@ def serving(request: pytest.FixtureRequest) -> Callable[[Body], None]:
     async def main(body: Body) -> None:
         recorder = Recorder()
         sock = bind("127.0.0.1", 0)
-        server = Server(sock, SessionOptions(shell=recorder.shell, connect_maxwait=0.2))
+        # manage_gc off: this test process is not a worker whose collector to tune
+        settings = ServerSettings(manage_gc=False)
+        server = Server(sock, SessionOptions(shell=recorder.shell, connect_maxwait=0.2), settings)
         task = asyncio.get_running_loop().create_task(server.serve({}))
         try:
             await async_wait_until(lambda: server.listening, TIMEOUT, "listening")

@@ -29,7 +29,7 @@ import uvloop
 
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
-from workers.gc_watch import GcWatch
+from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
@@ -70,6 +70,8 @@ class ServerSettings:
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     #: a session whose client sends nothing for this long is closed; 0: never
     idle_timeout: float = 0.0
+    #: decide when full garbage collections run (workers/gc_watch.py); off, Python does
+    manage_gc: bool = True
 
 
 class Sessions:
@@ -113,6 +115,7 @@ class Sessions:
         if waiter.cancelled():
             return
         session_id = self.live.pop(waiter.result(), None)
+        self.counters["sessions_ended"] += 1
         if session_id is not None and self.on_close is not None:
             self.on_close(session_id)
 
@@ -225,8 +228,8 @@ class Server:
         for signum, mode in signals.items():
             loop.add_signal_handler(signum, self.stop, mode)
         channel = channel or _Unsupervised()
-        gc_watch = GcWatch(self.sessions.counters)
-        gc_watch.install()
+        gc_policy = GcPolicy(self.sessions.counters, lambda: len(self.sessions.live))
+        gc_policy.install(manage=self.settings.manage_gc)
         try:
             await channel.open(self)
             # create_server listens again on the socket: without backlog= it
@@ -247,7 +250,7 @@ class Server:
             channel.close()
             return mode
         finally:
-            gc_watch.remove()
+            gc_policy.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
 
