@@ -223,3 +223,31 @@ async def _client_gone_during_a_stage(running: Server, _recorder: Recorder) -> N
     writer.close()  # a reset
     await asyncio.wait_for(cancelled.wait(), TIMEOUT)
     assert running.sessions.accepted == 0 and not running.sessions.live
+
+
+def test_a_client_flooding_commands_cannot_keep_others_waiting(serving: Any) -> None:
+    """3 000 000 NAWS updates from one client stalled the others up to 2.6 s: uvloop
+    reads up to 32 chunks of 256 KiB a turn, and each was parsed whole. Now a
+    session parses a bounded amount a turn: another client's AYT is answered
+    while the flood is still being worked through (an order, not a time)."""
+    serving(_flood_and_bystander)
+
+
+async def _flood_and_bystander(running: Server, _recorder: Recorder) -> None:
+    flood_r, flood_w = await _client(running)
+    await _read_until(flood_r, IAC_DO_TTYPE)
+    flood_w.write(bytes((255, 252, 24, 255, 251, 31)))  # WONT TTYPE, WILL NAWS
+    await async_wait_until(lambda: len(running.sessions.live) == 1, TIMEOUT, "the flooder")
+    (flooder,) = running.sessions.live
+    await async_wait_until(lambda: flooder.engine.remote_enabled(31), TIMEOUT, "NAWS on")
+    updates = 300_000  # 2.7 MB; the last one sets a width nothing else does
+    naws = [bytes((255, 250, 31, 0, 1 + i % 200, 0, 24, 255, 240)) for i in range(updates - 1)]
+    flood_w.write(b"".join(naws) + bytes((255, 250, 31, 16, 146, 0, 24, 255, 240)))
+    bystander_r, bystander_w = await _client(running)
+    await _read_until(bystander_r, IAC_DO_TTYPE)
+    bystander_w.write(bytes((255, 246)))  # AYT
+    await _read_until(bystander_r, b"[Yes]")
+    assert flooder.get_extra_info("cols") != 4242, "the whole flood was parsed first"
+    await async_wait_until(lambda: flooder.get_extra_info("cols") == 4242, 60, "the flood")
+    for writer in (flood_w, bystander_w):
+        writer.close()
