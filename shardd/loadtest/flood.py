@@ -27,6 +27,7 @@ hurt the others, which is what this measures. Such flooders are counted
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import socket
 import time
@@ -40,6 +41,8 @@ from shardd.loadtest.hooks import Hooks, close_all, lanes
 from shardd.loadtest.latencies import Latencies, format_ms
 from shardd.loadtest.results import Result
 from shardd.loadtest.scenario import (
+    BenchCase,
+    BenchSettings,
     Param,
     Rows,
     Scenario,
@@ -64,6 +67,9 @@ CHUNK_SIZE = 16384
 #: cost of the client process the bystanders share; the server's receive
 #: buffer still holds some, so bytes sent are more than the server parsed.
 SEND_BUFFER = 65536
+#: the bench's flooders and bystanders: the figures of the requirement
+BENCH_FLOODERS = 8
+BENCH_BYSTANDERS = 20
 
 
 def flood_chunks(seed: int = 0) -> list[bytes]:
@@ -439,6 +445,18 @@ def _rows(s: dict[str, Any]) -> Rows:
     ]
 
 
+def _flood_p99(summary: dict[str, Any]) -> float:
+    value = summary["flood"]["rtt_ms"]["p99"]
+    return math.nan if value is None else float(value)
+
+
+def _about(s: BenchSettings) -> str:
+    return (
+        f"flood: {BENCH_BYSTANDERS} echo bystanders' p99 while {BENCH_FLOODERS} clients "
+        f"flood NAWS, AYT and NOP, {s.duration / 2:g}s baseline then {s.duration / 2:g}s"
+    )
+
+
 SCENARIO = Scenario(
     name="flood",
     help="echo bystanders' round trips, alone and while clients flood NAWS, AYT and NOP",
@@ -463,4 +481,20 @@ SCENARIO = Scenario(
     # bystanders, then flooders, set up; two phases; the close
     time_bound=lambda p, procs, setup: 2 * setup + 2 * p["duration"] + CLOSE_GRACE,
     progress_rate="round trips",
+    bench=(
+        BenchCase(
+            "flood-p99",
+            "ms",
+            False,
+            params=lambda s: {
+                "sessions": BENCH_BYSTANDERS,
+                "flooders": BENCH_FLOODERS,
+                "size": 64,
+                "duration": s.duration / 2,
+            },
+            figure=_flood_p99,
+            about=_about,
+            show=lambda ms: f"{ms:.2f}",
+        ),
+    ),
 )
