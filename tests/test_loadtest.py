@@ -395,6 +395,13 @@ BAD_VALUES = [
     (["hostile", "--duration", "0"], "duration"),
     (["hostile", "--pids", "1"], "pids"),
     (["connect", "--kinds", "sb"], "kinds"),
+    (["flood", "--flooders", "0"], "flooders"),
+    (["flood", "--flooders", "many"], "flooders"),
+    (["flood", "--sessions", "0"], "sessions"),
+    (["flood", "--size", "0"], "size"),
+    (["flood", "--duration", "inf"], "duration"),
+    (["flood", "--server-port", "6023"], "server-port"),
+    (["echo", "--flooders", "2"], "flooders"),
 ]
 
 

@@ -1,6 +1,6 @@
 """The bundled load-test client: real telnet sessions on uvloop, loopback only.
 
-Five scenarios, each a coroutine running in the caller's event loop, in a
+Six scenarios, each a coroutine running in the caller's event loop, in a
 module of its own with its result and its registry entry:
 
 - :mod:`~shardd.loadtest.connect`: session setups, ``concurrency`` of them in
@@ -12,12 +12,15 @@ module of its own with its result and its registry entry:
 - :mod:`~shardd.loadtest.storm`: sessions arriving at a fixed rate, each held
   a random time;
 - :mod:`~shardd.loadtest.hostile`: randomised hostile telnet streams, and
-  whether the server and well-behaved bystanders survive them.
+  whether the server and well-behaved bystanders survive them;
+- :mod:`~shardd.loadtest.flood`: echo bystanders' round trips alone, then
+  while clients flood NAWS, AYT and NOP.
 
 Every session of the first four answers the server's negotiation like a
 terminal client (:class:`~workers.telnet.client.TelnetClientSession`) and
 counts as set up when the first in-band byte arrives from the server;
-hostile sessions do so only when their attack needs the shell.
+hostile sessions do so only when their attack needs the shell, and flood's
+flooders stop answering once they flood.
 
 :mod:`~shardd.loadtest.registry` lists the scenarios; the command line
 (:mod:`~shardd.loadtest.cli`) and ``shardd bench`` take everything about a

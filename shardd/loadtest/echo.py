@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -95,12 +95,12 @@ class EchoResult(Result):
         }
 
 
-class _EchoSession(asyncio.Protocol):
+class EchoSession(asyncio.Protocol):
     """One session: send a message, wait for all of it to come back, repeat."""
 
     transport: asyncio.Transport  # set on connection, before anyone else has the session
 
-    def __init__(self, run: _EchoRun) -> None:
+    def __init__(self, run: EchoRun) -> None:
         self.run = run
         self.telnet = TelnetClientSession()
         self.received = bytearray()
@@ -150,7 +150,7 @@ class _EchoSession(asyncio.Protocol):
             self._send()
 
     def _fail(self, kind: str) -> None:
-        self.run.tally.fail("echo" if self.first_done.done() else "negotiation", kind)
+        self.run.tally.fail(self.run.phase if self.first_done.done() else "negotiation", kind)
         if not self.first_done.done():
             self.first_done.set_result(None)
         self.close()
@@ -173,7 +173,7 @@ class _EchoSession(asyncio.Protocol):
             self._abort = self.run.loop.call_later(CLOSE_GRACE, self.transport.abort)
 
 
-class _EchoRun:
+class EchoRun:
     """What the sessions of one echo run share."""
 
     def __init__(self, size: int) -> None:
@@ -181,6 +181,8 @@ class _EchoRun:
         self.payload = (b"0123456789abcdefghijklmnopqrstuvwxyz" * (size // 36 + 1))[:size]
         self.measuring = False
         self.stopping = False
+        #: the phase a session's failure after its first round trip counts in
+        self.phase = "echo"
         self.round_trips = 0
         self.rtts = Latencies()
         self.tally = Tally()
@@ -213,20 +215,10 @@ async def echo(
         raise ValueError("sessions, size and duration must be positive")
     check_positive(connect_timeout=connect_timeout, negotiation_timeout=negotiation_timeout)
     hooks = hooks or Hooks()
-    run = _EchoRun(size)
+    run = EchoRun(size)
     tally = run.tally
     pick = rotation(locals_, share)
-    protocols: list[_EchoSession] = []
-
-    async def open_one() -> None:
-        try:
-            _t, proto = await open_session(
-                lambda: _EchoSession(run), target, pick(), connect_timeout
-            )
-        except OSError as exc:
-            tally.fail("connect", connect_failure(exc))
-            return
-        protocols.append(proto)
+    protocols: list[EchoSession] = []
 
     def live() -> int:
         return sum(1 for p in protocols if not p.closing)
@@ -236,15 +228,17 @@ async def echo(
         "sessions": live(),
         "failures": sum(tally.failures.values()),
     }
-    await lanes(sessions, concurrency or sessions, open_one, hooks)
-    if protocols:
-        _done, pending = await asyncio.wait(
-            [p.first_done for p in protocols], timeout=negotiation_timeout
-        )
-        for proto in protocols:
-            if proto.first_done in pending:
-                tally.fail("negotiation", NEGOTIATION_TIMEOUT)
-                proto.close()
+    await open_sessions(
+        run,
+        protocols,
+        sessions,
+        concurrency or sessions,
+        target,
+        pick,
+        connect_timeout,
+        negotiation_timeout,
+        hooks,
+    )
     established = live()
     await hooks.barrier("start")
     run.measuring = True
@@ -254,12 +248,8 @@ async def echo(
     run.measuring = False
     elapsed = _perf() - started
     run.stopping = True
-    now = _perf()
-    stalled_after = min(negotiation_timeout, max(elapsed, 1.0))
-    for proto in protocols:
-        # no round trip in the whole interval: the shell lost or kept bytes
-        if not proto.closing and now - proto.sent_at > stalled_after:
-            tally.fail("echo", TIMEOUT)
+    for _proto in stalled(protocols, elapsed, negotiation_timeout):
+        tally.fail("echo", TIMEOUT)
     await close_all(protocols)
     return EchoResult(
         sessions,
@@ -272,6 +262,52 @@ async def echo(
         tally.sources,
         established,
     )
+
+
+async def open_sessions(
+    run: EchoRun,
+    protocols: list[EchoSession],
+    count: int,
+    width: int,
+    target: Target,
+    pick: Callable[[], str | None],
+    connect_timeout: float,
+    negotiation_timeout: float,
+    hooks: Hooks,
+) -> None:
+    """Open ``count`` sessions into ``protocols``, ``width`` at once, and see each
+    through its first round trip; failures are counted, and such sessions closed."""
+    tally = run.tally
+
+    async def open_one() -> None:
+        try:
+            _t, proto = await open_session(
+                lambda: EchoSession(run), target, pick(), connect_timeout
+            )
+        except OSError as exc:
+            tally.fail("connect", connect_failure(exc))
+            return
+        protocols.append(proto)
+
+    await lanes(count, width, open_one, hooks)
+    if protocols:
+        _done, pending = await asyncio.wait(
+            [p.first_done for p in protocols], timeout=negotiation_timeout
+        )
+        for proto in protocols:
+            if proto.first_done in pending:
+                tally.fail("negotiation", NEGOTIATION_TIMEOUT)
+                proto.close()
+
+
+def stalled(
+    protocols: Sequence[EchoSession], elapsed: float, negotiation_timeout: float
+) -> list[EchoSession]:
+    """The open sessions with no round trip in an interval of ``elapsed`` seconds just
+    ended (the shell lost or kept bytes), with at least a second's grace."""
+    now = _perf()
+    stalled_after = min(negotiation_timeout, max(elapsed, 1.0))
+    return [p for p in protocols if not p.closing and now - p.sent_at > stalled_after]
 
 
 def _rows(s: dict[str, Any]) -> Rows:

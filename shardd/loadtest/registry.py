@@ -8,7 +8,7 @@ scenarios by name.
 
 from __future__ import annotations
 
-from shardd.loadtest import connect, echo, hostile, idle, storm
+from shardd.loadtest import connect, echo, flood, hostile, idle, storm
 from shardd.loadtest.scenario import Param, Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, Scenario] = {
         idle.SCENARIO,
         storm.SCENARIO,
         hostile.SCENARIO,
+        flood.SCENARIO,
     )
 }
 

@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 
 from shardd.loadtest.target import (
     CLOSE_GRACE,
@@ -29,6 +29,8 @@ from workers.telnet.client import TelnetClientSession
 PROBE = b"\x00"
 
 _perf = time.perf_counter
+
+_S = TypeVar("_S", bound="SetupSession")
 
 
 class Tally:
@@ -132,10 +134,21 @@ async def set_up(
 
     The session and its setup time in seconds, or None (the failure counted).
     """
+    return await set_up_as(SetupSession, tally, target, source, connect_timeout)
+
+
+async def set_up_as(
+    factory: Callable[[Tally], _S],
+    tally: Tally,
+    target: Target,
+    source: str | None,
+    connect_timeout: float,
+) -> tuple[_S | None, float]:
+    """:func:`set_up` of a session ``factory`` makes: a subclass that goes on from there."""
     started = _perf()
     try:
         _transport, proto = await open_session(
-            lambda: SetupSession(tally), target, source, connect_timeout
+            lambda: factory(tally), target, source, connect_timeout
         )
     except OSError as exc:
         tally.fail("connect", connect_failure(exc))
