@@ -127,21 +127,16 @@ def negotiate(
 ) -> tuple[socket.socket, bytes]:
     """Connect from ``source`` and answer the server as ``client`` until ``until`` arrives."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    inband = bytearray()
-    deadline = time.monotonic() + 10
-    while until not in inband:
-        assert time.monotonic() < deadline, f"no {until!r} within 10s; got {bytes(inband)!r}"
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        data = sock.recv(65536)
-        assert data, f"closed before {until!r}; got {bytes(inband)!r}"
-        inband += client.receive(data)
-        if client.has_output:
-            sock.sendall(client.data_to_send())
-    return sock, bytes(inband)
+    return sock, answer_until(sock, client, until)
 
 
 def talk(sock: socket.socket, client: TelnetClientSession, line: bytes, until: bytes) -> bytes:
     sock.sendall(escape(line))
+    return answer_until(sock, client, until)
+
+
+def answer_until(sock: socket.socket, client: TelnetClientSession, until: bytes) -> bytes:
+    """In-band data received until ``until`` arrives, answering the server meanwhile."""
     got = bytearray()
     deadline = time.monotonic() + 10
     while until not in got:

@@ -86,8 +86,11 @@ class Admission:
                     arrival, "per_ip", TOO_MANY_SESSIONS, f"{held} sessions from this address"
                 )
         counts.add_session(host)
-        arrival.when_closed(lambda: counts.remove_session(host))
         return None
+
+    def release(self, host: str) -> None:
+        """A connection this check let in has ended."""
+        self.counts.remove_session(host)
 
     def _refuse(self, arrival: Arrival, reason: str, line: str, why: str) -> Refusal:
         PROTOCOL_WARNINGS.warning(log, arrival.host, "%s: refused: %s", arrival.peer, why)

@@ -43,6 +43,8 @@ class Refusal(NamedTuple):
     message: str
 
 
+#: Returns None to serve the connection, which it may then count until the
+#: server calls its ``release(host)`` (if it has one) when the connection ends.
 AdmissionCheck = Callable[["Arrival"], Refusal | None]
 Stage = Callable[["Arrival"], Awaitable[None]]
 
@@ -60,7 +62,7 @@ class Arrival(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        self._on_close: list[Callable[[], None]] = []
+        self._admitted = False  # counted by the admission check until released
         self._counted = False  # in Server.arriving
 
     # ------------------------------------------------------------ asyncio side
@@ -77,6 +79,7 @@ class Arrival(asyncio.Protocol):
                 transport.write(refusal.message.encode("utf-8", "replace"))
                 transport.close()
                 return
+            self._admitted = True
         if not server.stages:
             self._hand_over()
             return
@@ -102,17 +105,14 @@ class Arrival(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._leave()
-        self._closed()
+        if self._admitted:  # gone before its session started
+            self._admitted = False
+            self.server.release(self.host)
 
     def _leave(self) -> None:
         if self._counted:
             self._counted = False
             self.server.arriving -= 1
-
-    def _closed(self, _waiter: object = None) -> None:
-        callbacks, self._on_close = self._on_close, []
-        for callback in callbacks:
-            callback()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -126,10 +126,6 @@ class Arrival(asyncio.Protocol):
         """The client's address alone, for limits per address."""
         peer = self.peername
         return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-
-    def when_closed(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once this connection is gone, session or not."""
-        self._on_close.append(callback)
 
     @property
     def peer(self) -> str:
@@ -185,8 +181,10 @@ class Arrival(asyncio.Protocol):
         assert transport is not None
         self._leave()
         session = self.server.sessions.new()
-        if self._on_close:
-            session._waiter_closed.add_done_callback(self._closed)
+        if self._admitted:
+            # the session releases what the admission counted, when it ends
+            self._admitted = False
+            session.peer_host = self.host
         transport.set_protocol(session)
         session.connection_made(transport)
         if self._buffer:

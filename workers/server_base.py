@@ -99,6 +99,7 @@ class BaseServer(asyncio.Protocol):
         "force_binary",
         "limits",
         "log",
+        "peer_host",
         "protocol_errors",
         "reader",
         "rx_bytes",
@@ -151,7 +152,7 @@ class BaseServer(asyncio.Protocol):
         #: the connection is gone or being closed by us: output is dropped
         self.closed = False
         self._lost = False  # connection_lost was called
-        self._read_holds = 0  # bits of _READ_HOLDS: why reading is paused
+        self._read_holds = 0  # why reading is paused: _READER_FULL, _OUTPUT_FULL, _PARSING
         self._check_later: asyncio.TimerHandle | None = None
         self._shell_task: asyncio.Task[Any] | None = None
         #: the transport's write buffer is over its high-water mark
@@ -161,6 +162,8 @@ class BaseServer(asyncio.Protocol):
         self.tx_bytes = 0
         #: malformed or refused input from this client, as warned about
         self.protocol_errors = 0
+        #: the client's address as the server's admission counted it ("" if not)
+        self.peer_host = ""
         #: the server's bounds (set by the server that creates the protocol)
         self.limits: SessionLimits = DEFAULT_LIMITS
         #: the server's event counts, shared by its sessions (set likewise)
@@ -427,6 +430,8 @@ class BaseServer(asyncio.Protocol):
         PROTOCOL_WARNINGS.warning(self.log, self._peer_host(), "%s: " + msg, self.peer, *args)
 
     def _peer_host(self) -> str:
+        if self.peer_host:
+            return self.peer_host
         peer = self.get_extra_info("peername")
         return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 

@@ -81,8 +81,14 @@ class Sessions:
     is called with the id when its connection is gone.
     """
 
-    def __init__(self, opts: SessionOptions, shared_extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        opts: SessionOptions,
+        shared_extra: dict[str, Any] | None = None,
+        ended: Callable[[BaseServer], None] | None = None,
+    ) -> None:
         self.opts = opts
+        self._ended = ended
         self.shared_extra = shared_extra or {}
         self.live: dict[BaseServer, int] = {}
         self.accepted = 0
@@ -114,8 +120,11 @@ class Sessions:
         # _waiter_closed's result is the protocol itself (or it was cancelled)
         if waiter.cancelled():
             return
-        session_id = self.live.pop(waiter.result(), None)
+        protocol = waiter.result()
+        session_id = self.live.pop(protocol, None)
         self.counters["sessions_ended"] += 1
+        if self._ended is not None:
+            self._ended(protocol)
         if session_id is not None and self.on_close is not None:
             self.on_close(session_id)
 
@@ -198,7 +207,7 @@ class Server:
         """``counts``: this server's row of the table its supervisor shares between
         workers; without one (development mode), a table of its own."""
         self.sock = sock
-        self.sessions = Sessions(opts, shared_extra)
+        self.sessions = Sessions(opts, shared_extra, ended=self._session_ended)
         self.settings = settings = settings or ServerSettings()
         self.backlog = settings.backlog
         self.graceful_timeout = settings.graceful_timeout
@@ -213,6 +222,10 @@ class Server:
         self.arriving = 0
         self._listener: asyncio.AbstractServer | None = None
         self._stop_mode: asyncio.Future[StopMode] | None = None
+
+    def _session_ended(self, protocol: BaseServer) -> None:
+        if protocol.peer_host:  # admitted: counted under that address
+            self.release(protocol.peer_host)
 
     def _new_connection(self) -> asyncio.Protocol:
         if self.admit is None and not self.stages:
@@ -269,6 +282,12 @@ class Server:
                     log.debug("%s: idle for %.0fs, closing", protocol.peer, protocol.idle)
                     self.sessions.say_goodbye(IDLE_GOODBYE, [protocol])
                     self.sessions.close_all([protocol])
+
+    def release(self, host: str) -> None:
+        """An admitted connection from ``host`` has ended: the admission check may uncount it."""
+        release = getattr(self.admit, "release", None)
+        if release is not None:
+            release(host)
 
     def counters(self) -> dict[str, int]:
         """What happened in this server so far: refusals by reason, then session events."""
