@@ -22,7 +22,7 @@ from __future__ import annotations
 import mmap
 import struct
 
-DEPTH = 2
+DEPTH = 2  # sketches per count (_cells gives one cell in each)
 WIDTH = 1 << 16  # cells per sketch for live sessions (uint16 each)
 RATE_WIDTH = 1 << 14  # cells per sketch for connections per second
 _HEADER = struct.Struct("=II")  # per row: 1 if a worker uses it, its live sessions
@@ -64,10 +64,12 @@ class PeerTable:
         return memoryview(self._map)[start : start + size].cast("H")
 
 
-def _cells(host: str, width: int) -> list[int]:
+def _cells(host: str, width: int) -> tuple[int, int]:
     # str hashes are salted per interpreter, and every worker is a fork of the
-    # same one: the same address gives the same cells everywhere
-    return [d * width + hash((d, host)) % width for d in range(DEPTH)]
+    # same one: the same address gives the same cells everywhere. One 64-bit
+    # hash gives both sketches' cells, from bits that do not overlap.
+    h = hash(host)
+    return h & (width - 1), width + ((h >> 24) & (width - 1))
 
 
 class PeerCounts:
