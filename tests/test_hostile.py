@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -404,3 +405,34 @@ def test_a_shell_cannot_queue_more_output_than_the_limit(serve: Any) -> None:
         grown = worker_rss(server) - rss
         assert grown < 16 * 2**20, f"the worker grew {grown} bytes"
     assert_unharmed(server, before)
+
+
+# ------------------------------------------------------------- fairness
+
+
+def test_a_naws_flood_does_not_hold_up_another_session(serve: Any) -> None:
+    """3 000 000 NAWS updates from one client stalled the others for up to 2.6 s: each
+    of uvloop's reads (32 of 256 KiB a turn) was parsed whole. Checked as an order,
+    not a time: another client's AYT is answered while the flood is being parsed."""
+    server = serve("--workers", "1", "--connect-maxwait", "0.5")
+    flooder = start_session(server.port)
+    flooder.sendall(bytes((IAC, WILL, NAWS)))
+    updates = 600_000  # 5.4 MB; only the last sets the width to 4242
+    flood = b"".join(sb(NAWS, bytes((0, 1 + i % 200, 0, 24))) for i in range(updates - 1))
+    flood += sb(NAWS, bytes((16, 146, 0, 24)))
+    sender = threading.Thread(target=flooder.sendall, args=(flood,), daemon=True)
+    sender.start()
+
+    def flooder_cols() -> int | None:
+        sessions = [c for c in status(server)["connections"]
+                    if c["peer"].endswith(f":{flooder.getsockname()[1]}")]  # fmt: skip
+        return sessions[0]["cols"] if sessions else None
+
+    wait_until(lambda: (flooder_cols() or 0) > 1, 20, "the flood under way")
+    with start_session(server.port) as bystander:
+        bystander.sendall(bytes((IAC, AYT)))
+        read_until(bystander, b"[Yes]", bytearray(), timeout=30)
+    assert flooder_cols() != 4242, "the whole flood was parsed before the AYT was answered"
+    wait_until(lambda: flooder_cols() == 4242, 120, "the end of the flood")
+    sender.join(30)
+    flooder.close()
