@@ -10,8 +10,10 @@ Every accepted connection takes the same path, in this order:
    before the telnet engine sees a byte of it, such as a TLS handshake or a
    PROXY protocol header. A stage is ``async def stage(arrival)``; it may read
    what the client sent (:meth:`Arrival.read`), put back what is not its own
-   (:meth:`Arrival.unread`), replace the transport (TLS does), or close the
-   connection. Stages run one after the other.
+   (:meth:`Arrival.unread`), replace the transport with a TLS one
+   (:meth:`Arrival.start_tls`), or end the connection (:meth:`Arrival.drop`).
+   Stages run one after the other. A server's TLS listener runs its
+   handshake (:class:`workers.tls.Handshake`) before ``Server.stages``.
 3. The telnet session: a protocol instance from the server's ``Sessions``
    takes the transport over, and gets whatever the stages left unread.
 
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NamedTuple, cast
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 if TYPE_CHECKING:
     from workers.serving import Server
@@ -50,10 +53,20 @@ Stage = Callable[["Arrival"], Awaitable[None]]
 
 
 class Arrival(asyncio.Protocol):
-    """The protocol of a connection until its telnet session takes over."""
+    """The protocol of a connection until its telnet session takes over.
 
-    def __init__(self, server: Server) -> None:
+    ``stages``: those this connection goes through (default: the server's).
+    ``encrypted``: the client speaks TLS first, so a refusal closes the
+    connection without a line it could not read, and its session is marked
+    as a TLS one.
+    """
+
+    def __init__(
+        self, server: Server, stages: Sequence[Stage] | None = None, *, encrypted: bool = False
+    ) -> None:
         self.server = server
+        self.stages = server.stages if stages is None else stages
+        self.encrypted = encrypted
         self.transport: asyncio.Transport | None = None
         self.peername: object = None
         self._buffer = bytearray()
@@ -63,6 +76,7 @@ class Arrival(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._admitted = False  # counted by the admission check until released
+        self._handshaking = False  # in start_tls: its TLS protocol reports a lost connection
         self._counted = False  # in Server.arriving
 
     # ------------------------------------------------------------ asyncio side
@@ -76,11 +90,12 @@ class Arrival(asyncio.Protocol):
             refusal = server.admit(self)
             if refusal is not None:
                 server.refused[refusal.reason] += 1
-                transport.write(refusal.message.encode("utf-8", "replace"))
+                if not self.encrypted:
+                    transport.write(refusal.message.encode("utf-8", "replace"))
                 transport.close()
                 return
             self._admitted = True
-        if not server.stages:
+        if not self.stages:
             self._hand_over()
             return
         server.arriving += 1
@@ -100,12 +115,17 @@ class Arrival(asyncio.Protocol):
         return True  # the session, or the end of the stages, decides when to close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # a TLS handshake under way fails by itself, and its stage says why
+        if self._task is not None and not self._task.done() and not self._handshaking:
+            self._task.cancel()
+        self._forget()
+
+    def _forget(self) -> None:
+        """The connection is gone before its session started: stop counting it (once)."""
         self._lost = True
         self._wake()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
         self._leave()
-        if self._admitted:  # gone before its session started
+        if self._admitted:
             self._admitted = False
             self.server.release(self.host)
 
@@ -154,13 +174,75 @@ class Arrival(asyncio.Protocol):
         """Give back bytes a stage read but does not own: the next reader gets them first."""
         self._buffer[:0] = data
 
+    def drop(self) -> None:
+        """End the connection now, before its session: no more stages, no session."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._forget()
+
+    async def start_tls(self, context: ssl.SSLContext, handshake_timeout: float) -> None:
+        """Upgrade the connection to TLS, server side; the transport is then the TLS one.
+
+        Whatever the client sent before (its ClientHello, usually: it arrives
+        with the connection, before any stage runs) goes to TLS first, and
+        stages after this one read decrypted bytes. OSError (ssl.SSLError, or
+        ConnectionAbortedError after ``handshake_timeout``) if the handshake
+        fails; the connection is then gone, and :meth:`drop` uncounts it.
+        """
+        raw = self.transport
+        if raw is None or self._lost or self._eof:
+            raise ConnectionResetError("the client left before the TLS handshake")
+        loop = asyncio.get_running_loop()
+        handshake = asyncio.ensure_future(
+            loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=handshake_timeout
+            )
+        )
+        # start_tls's first step pauses reading, makes its TLS protocol the raw
+        # transport's, and schedules that protocol's connection_made and the
+        # resumption of reading, both as callbacks. This task's next step runs
+        # right after that first one, so the callback it schedules here runs
+        # after those two and before the loop reads anything more from the
+        # socket (callbacks run in the order they are scheduled): the bytes
+        # already read reach TLS first, and in order.
+        await asyncio.sleep(0)
+        tls = raw.get_protocol()
+        if tls is self and not handshake.done():
+            handshake.cancel()  # an event loop whose start_tls takes over later than that
+            raise RuntimeError("start_tls did not take the transport over in its first step")
+        loop.call_soon(self._feed_tls, tls, handshake)
+        self._handshaking = True
+        try:
+            self.transport = cast(asyncio.Transport, await handshake)
+        finally:
+            self._handshaking = False
+        self._paused = False  # what paused was the raw transport, now TLS's to drive
+
+    def _feed_tls(self, tls: asyncio.BaseProtocol, handshake: asyncio.Future[Any]) -> None:
+        """Give the TLS protocol the bytes that arrived before it took the transport."""
+        if not self._buffer or handshake.done():
+            return
+        data = memoryview(bytes(self._buffer))
+        self._buffer.clear()
+        if hasattr(tls, "buffer_updated"):  # uvloop's and asyncio's are buffered protocols
+            buffered = cast(asyncio.BufferedProtocol, tls)
+            while data:
+                room = memoryview(buffered.get_buffer(len(data)))
+                count = min(len(room), len(data))
+                room[:count] = data[:count]
+                buffered.buffer_updated(count)
+                data = data[count:]
+        else:
+            cast(asyncio.Protocol, tls).data_received(bytes(data))
+
     # --------------------------------------------------------------- handover
 
     async def _run_stages(self) -> None:
         try:
-            for stage in self.server.stages:
+            for stage in self.stages:
                 await stage(self)
                 if self._lost or self.transport is None or self.transport.is_closing():
+                    self._forget()  # no session for it (its connection_lost may not come)
                     return
         except asyncio.CancelledError:
             return
@@ -171,8 +253,7 @@ class Arrival(asyncio.Protocol):
                 type(exc).__name__,
                 exc,
             )
-            if self.transport is not None:
-                self.transport.abort()
+            self.drop()
             return
         self._hand_over()
 
@@ -180,7 +261,7 @@ class Arrival(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self._leave()
-        session = self.server.sessions.new()
+        session = self.server.sessions.new(tls=self.encrypted)
         if self._admitted:
             # the session releases what the admission counted, when it ends
             self._admitted = False

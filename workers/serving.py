@@ -10,7 +10,10 @@ Where new kinds of work plug in (see ``docs/ARCHITECTURE.md``):
 
 - ``Server.admit``: whether a new connection is served at all;
 - ``Server.stages``: work on a connection before its telnet engine sees it
-  (TLS, PROXY protocol), see :mod:`workers.arrival`;
+  (PROXY protocol, say), see :mod:`workers.arrival`;
+- ``Server(tls=...)``: a second listening socket whose connections first go
+  through a TLS handshake stage (:mod:`workers.tls`), then the same stages
+  and sessions as the first;
 - ``SessionOptions``: how each session's protocol instance is built.
 """
 
@@ -34,6 +37,7 @@ from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
+from workers.tls import Handshake, TlsListener
 
 log = logging.getLogger("shardd.serving")
 
@@ -90,14 +94,20 @@ class Sessions:
         self.opts = opts
         self._ended = ended
         self.shared_extra = shared_extra or {}
+        #: the same for sessions that came in over TLS, marked so (``tls``: True)
+        self.tls_extra = {**self.shared_extra, "tls": True}
         self.live: dict[BaseServer, int] = {}
         self.accepted = 0
         #: what happened to sessions, by kind (protocol_errors, ...), for reports
         self.counters: Counter[str] = Counter()
         self.on_close: Callable[[int], None] | None = None
 
-    def new(self) -> BaseServer:
-        """A protocol instance for a connection being served, registered as live."""
+    def new(self, *, tls: bool = False) -> BaseServer:
+        """A protocol instance for a connection being served, registered as live.
+
+        ``tls``: the connection came in over TLS; its ``get_extra_info("tls")``
+        is True (and its transport's gives ``ssl_object``, ``cipher``, ``peercert``).
+        """
         opts = self.opts
         protocol = opts.protocol(
             shell=opts.shell,
@@ -107,7 +117,9 @@ class Sessions:
             connect_maxwait=opts.connect_maxwait,
             limit=opts.limit,
         )
-        if self.shared_extra:
+        if tls:
+            protocol.shared_extra = self.tls_extra
+        elif self.shared_extra:
             protocol.shared_extra = self.shared_extra
         protocol.limits = opts.limits
         protocol.counters = self.counters
@@ -193,7 +205,7 @@ class _Unsupervised:
 
 
 class Server:
-    """Listens on ``sock`` and serves telnet sessions until told to stop."""
+    """Listens on ``sock`` (and ``tls.sock``) and serves telnet sessions until told to stop."""
 
     def __init__(
         self,
@@ -203,10 +215,14 @@ class Server:
         *,
         shared_extra: dict[str, Any] | None = None,
         counts: PeerCounts | None = None,
+        tls: TlsListener | None = None,
     ) -> None:
         """``counts``: this server's row of the table its supervisor shares between
-        workers; without one (development mode), a table of its own."""
+        workers; without one (development mode), a table of its own. ``tls``: a
+        second socket, whose clients speak TLS; its sessions are this server's too."""
         self.sock = sock
+        self.tls = tls
+        self._handshake = Handshake(tls.context, tls.handshake_timeout) if tls else None
         self.sessions = Sessions(opts, shared_extra, ended=self._session_ended)
         self.settings = settings = settings or ServerSettings()
         self.backlog = settings.backlog
@@ -220,7 +236,7 @@ class Server:
         self.refused: Counter[str] = Counter()
         #: connections admitted and still in their stages (no session yet)
         self.arriving = 0
-        self._listener: asyncio.AbstractServer | None = None
+        self._listeners: list[asyncio.AbstractServer] = []
         self._stop_mode: asyncio.Future[StopMode] | None = None
 
     def _session_ended(self, protocol: BaseServer) -> None:
@@ -231,6 +247,10 @@ class Server:
         if self.admit is None and not self.stages:
             return self.sessions.new()
         return Arrival(self)
+
+    def _new_tls_connection(self) -> asyncio.Protocol:
+        assert self._handshake is not None
+        return Arrival(self, [self._handshake, *self.stages], encrypted=True)
 
     async def serve(
         self, signals: Mapping[int, StopMode], channel: Channel | None = None
@@ -247,17 +267,26 @@ class Server:
             await channel.open(self)
             # create_server listens again on the socket: without backlog= it
             # would shrink the accept queue to asyncio's default of 100
-            self._listener = await loop.create_server(
-                self._new_connection, sock=self.sock, backlog=self.backlog
+            self._listeners.append(
+                await loop.create_server(self._new_connection, sock=self.sock, backlog=self.backlog)
             )
+            if self.tls is not None:
+                # TLS is a stage (workers/tls.py), not create_server(ssl=): admission
+                # runs before the handshake, on the bare connection
+                self._listeners.append(
+                    await loop.create_server(
+                        self._new_tls_connection, sock=self.tls.sock, backlog=self.backlog
+                    )
+                )
             channel.serving()
             idle = self._close_idle() if self.settings.idle_timeout else None
             sweeper = loop.create_task(idle) if idle is not None else None
             mode = await self._stop_mode
             if sweeper is not None:
                 sweeper.cancel()
-            # closes only this process's copy of the socket: a supervisor keeps its own
-            self._listener.close()
+            # closes only this process's copy of the sockets: a supervisor keeps its own
+            for listener in self._listeners:
+                listener.close()
             channel.stopping(mode, len(self.sessions.live))
             await self._wind_down(mode)
             channel.close()
@@ -302,7 +331,7 @@ class Server:
 
     @property
     def listening(self) -> bool:
-        return self._listener is not None and not self.stopping
+        return bool(self._listeners) and not self.stopping
 
     @property
     def stopping(self) -> bool:
@@ -325,8 +354,13 @@ class Server:
             sessions.abort_all()
 
 
-def run_single_process(sock: socket.socket, opts: SessionOptions, settings: ServerSettings) -> None:
+def run_single_process(
+    sock: socket.socket,
+    opts: SessionOptions,
+    settings: ServerSettings,
+    tls: TlsListener | None = None,
+) -> None:
     """Development mode: a server in this process, on a fresh uvloop loop, no supervisor."""
-    server = Server(sock, opts, settings)
+    server = Server(sock, opts, settings, tls=tls)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(server.serve({signal.SIGTERM: "stop", signal.SIGINT: "stop"}))

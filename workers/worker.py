@@ -1,4 +1,4 @@
-"""A worker process: a Server on one shard's socket, with a channel to the supervisor.
+"""A worker process: a Server on one shard's socket(s), with a channel to the supervisor.
 
 ``run_worker`` is called in the child right after fork and never returns. The
 order matters (docs/ARCHITECTURE.md, "Invariants"): reset what was inherited
@@ -25,6 +25,7 @@ import uvloop
 from workers.channel import SupervisorChannel
 from workers.peer_table import PeerTable
 from workers.serving import Server, ServerSettings, SessionOptions
+from workers.tls import TlsListener
 
 _set_title: Callable[[str], None] | None
 try:  # optional; imported here, before the fork and any privilege drop
@@ -68,6 +69,8 @@ class WorkerSettings:
     stats_interval: float = 1.0
     heartbeat_interval: float = 1.0
     reopen_logs: Callable[[], None] | None = None
+    #: the shard's TLS socket and the certificate as the supervisor last read it
+    tls: TlsListener | None = None
 
 
 def run_worker(
@@ -125,6 +128,7 @@ async def _serve(
         settings.server,
         shared_extra={"shard": settings.shard},
         counts=settings.peer_table.writer(settings.row),
+        tls=settings.tls,
     )
     channel = SupervisorChannel(
         ipc_sock,
