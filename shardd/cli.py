@@ -19,6 +19,16 @@ USAGE_ERROR = 2
 _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "host": ("ADDRESS", "address to listen on (default 127.0.0.1)"),
     "port": ("PORT", "TCP port (default 6023; 0 picks a free one)"),
+    "tls_port": (
+        "PORT",
+        "also serve the same shells over TLS (telnets) on this port; 0 picks a free one",
+    ),
+    "certfile": ("PATH", "TLS certificate chain, PEM (with the key, unless --keyfile)"),
+    "keyfile": ("PATH", "TLS private key, PEM, unencrypted (re-read with the certificate on HUP)"),
+    "tls_handshake_timeout": (
+        "SECONDS",
+        "close a TLS connection whose handshake is not done within this (default 10)",
+    ),
     "workers": (
         "N",
         "worker processes, one shard each (default: CPU count); "
@@ -148,10 +158,23 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
     cfg = build(file_settings, flags, args.config)
     opts = _session_options(cfg)
+    tls_context = _tls_context(cfg)
     logs.setup(cfg.log_level, cfg.log_format, cfg.log_file)
     if cfg.workers == 0:
-        return _serve_single(cfg, opts)
-    return _serve_supervised(cfg, opts)
+        return _serve_single(cfg, opts, tls_context)
+    return _serve_supervised(cfg, opts, tls_context)
+
+
+def _tls_context(cfg: ServeConfig) -> Any:
+    """The certificate and key, loaded: ConfigError naming the file that is wrong."""
+    if cfg.tls_port is None or cfg.certfile is None:
+        return None
+    from workers.tls import TlsError, load_context
+
+    try:
+        return load_context(cfg.certfile, cfg.keyfile)
+    except TlsError as exc:
+        raise ConfigError(exc.key, str(exc)) from None
 
 
 def _session_options(cfg: ServeConfig) -> Any:
@@ -185,42 +208,47 @@ def _session_options(cfg: ServeConfig) -> Any:
     )
 
 
-def _serve_single(cfg: ServeConfig, opts: Any) -> int:
+def _serve_single(cfg: ServeConfig, opts: Any, tls_context: Any) -> int:
     from shardd.listeners import bind
     from workers.serving import run_single_process
+    from workers.tls import TlsListener
 
     log = logging.getLogger("shardd")
+    tls = None
+    port = cfg.port
     try:
-        sock = bind(cfg.host, cfg.port, backlog=cfg.backlog)
+        sock = bind(cfg.host, port, backlog=cfg.backlog)
+        if tls_context is not None and cfg.tls_port is not None:
+            port = cfg.tls_port
+            tls_sock = bind(cfg.host, port, backlog=cfg.backlog)
+            tls = TlsListener(tls_sock, tls_context, cfg.tls_handshake_timeout)
     except OSError as exc:
-        print(
-            f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        print(f"shardd: cannot listen on {cfg.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     host, port = sock.getsockname()[:2]
     log.info(
-        "serving telnet on %s:%s (pid %d, single process, shell %s)",
+        "serving telnet on %s:%s%s (pid %d, single process, shell %s)",
         host,
         port,
+        f" and TLS on {host}:{tls.sock.getsockname()[1]}" if tls else "",
         os.getpid(),
         cfg.shell,
     )
-    run_single_process(sock, opts, cfg.server_settings())
+    run_single_process(sock, opts, cfg.server_settings(), tls)
     log.info("stopped")
     return 0
 
 
-def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
+def _serve_supervised(cfg: ServeConfig, opts: Any, tls_context: Any) -> int:
     from shardd import pidfile, privileges
     from shardd.supervisor import Supervisor
 
-    supervisor = Supervisor(cfg, opts)
+    supervisor = Supervisor(cfg, opts, tls_context)
     try:
         supervisor.bind_shards()
     except OSError as exc:
         print(
-            f"shardd: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+            f"shardd: cannot listen on {cfg.host}:{supervisor.binding}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1
@@ -232,6 +260,7 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
         privileges.drop(
             cfg.user, cfg.group, [p for p in (*control_files, cfg.pidfile, cfg.log_file) if p]
         )
+        _warn_unreadable_certificate(cfg)
     except OSError as exc:
         print(
             f"shardd: cannot start: {exc.strerror or exc}"
@@ -244,6 +273,17 @@ def _serve_supervised(cfg: ServeConfig, opts: Any) -> int:
     finally:
         if cfg.pidfile:
             pidfile.remove(cfg.pidfile)
+
+
+def _warn_unreadable_certificate(cfg: ServeConfig) -> None:
+    """HUP re-reads the certificate as the user the server runs as: say so now if it cannot."""
+    for path in (cfg.certfile, cfg.keyfile):
+        if cfg.tls_port is not None and path and not os.access(path, os.R_OK):
+            logging.getLogger("shardd").warning(
+                "%s cannot be read as user %s: a reload (HUP) will keep the current certificate",
+                path,
+                cfg.user or os.getuid(),
+            )
 
 
 # ---------------------------------------------------------------- operator

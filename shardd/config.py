@@ -24,6 +24,7 @@ from workers.admission import AdmissionLimits
 from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
 from workers.serving import ServerSettings
 from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
+from workers.tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,11 @@ LOG_FORMATS = ("text", "json")
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 6023
+    #: TLS (telnets): a second port, its certificate chain and key (PEM)
+    tls_port: int | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     shell: str = "welcome"
     protocol: str = "workers.server:TelnetServer"
@@ -99,6 +105,11 @@ class ServeConfig:
     def _check(self) -> None:
         check_host(self.host)
         self.port = check_int("port", self.port, 0, 65535)
+        if self.tls_port is not None:
+            self.tls_port = check_int("tls-port", self.tls_port, 0, 65535)
+        self.tls_handshake_timeout = check_float(
+            "tls-handshake-timeout", self.tls_handshake_timeout, 0.0, 3600.0, above=True
+        )
         self.workers = check_int("workers", self.workers, 0, 1024)
         self.shell = check_str("shell", self.shell)
         self.protocol = check_str("protocol", self.protocol)
@@ -132,7 +143,7 @@ class ServeConfig:
         self.backlog = check_int("backlog", self.backlog, 1, 65535)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
-        for key in ("pidfile", "control", "log_file", "user", "group"):
+        for key in ("pidfile", "control", "log_file", "user", "group", "certfile", "keyfile"):
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, check_str(key.replace("_", "-"), value))
@@ -146,6 +157,19 @@ class ServeConfig:
                 grp.getgrnam(self.group)
             except KeyError:
                 raise ConfigError("group", f"no such group {self.group!r}") from None
+
+    def check_together(self) -> ServeConfig:
+        """The checks between settings, once the file and the flags are both in."""
+        if self.tls_port is None:
+            for key in ("certfile", "keyfile"):
+                if getattr(self, key) is not None:
+                    raise ConfigError(key, "is for TLS, which needs tls-port too")
+            return self
+        if self.certfile is None:
+            raise ConfigError("tls-port", "needs certfile (and keyfile, unless the key is in it)")
+        if self.tls_port == self.port != 0:
+            raise ConfigError("tls-port", f"must differ from port ({self.port})")
+        return self
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -178,7 +202,7 @@ def build(
     for name, value in flag_settings.items():
         if value is not None:
             setattr(cfg, name, value)
-    return cfg.check()
+    return cfg.check().check_together()
 
 
 def check_host(host: Any) -> None:

@@ -28,8 +28,7 @@ class SupervisorHandlers:
         sup.request_status(lambda: reply(status.collect(sup)))
 
     def reload(self) -> dict[str, Any]:
-        self.supervisor.begin_reload()
-        return {"message": "rolling restart begun"}
+        return {"message": self.supervisor.begin_reload()}
 
     def stop(self) -> dict[str, Any]:
         self.supervisor.begin_stop("graceful", "control request")

@@ -47,6 +47,9 @@ def collect(sup: Supervisor) -> dict[str, Any]:
                 "connections": len(handle.sessions),
                 "accepted": handle.accepted,
                 "accept_queue": listeners.accept_queue(shard.sock) if shard else None,
+                "tls_accept_queue": listeners.accept_queue(shard.tls_sock)
+                if shard and shard.tls_sock
+                else None,
                 "cpu_percent": cpu,
                 "rss_bytes": rss,
                 "last_report_age": None
@@ -62,6 +65,7 @@ def collect(sup: Supervisor) -> dict[str, Any]:
             "pid": os.getpid(),
             "uptime": round(now - sup.started, 3),
             "listen": [f"{sup.cfg.host}:{sup.port}"],
+            "listen_tls": [] if sup.tls_port is None else [f"{sup.cfg.host}:{sup.tls_port}"],
             "workers": len(sup.active_shards()),
             "control": sup.control.path if sup.control else None,
             "stopping": sup.stopping,
@@ -82,8 +86,8 @@ def _connection(
     now: float,
 ) -> dict[str, Any]:
     if entry is None:  # announced, not yet reported
-        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, "", 0]
-    _id, rx, tx, last_received, state, term, cols, rows, encoding, errors = entry
+        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, "", 0, ""]
+    _id, rx, tx, last_received, state, term, cols, rows, encoding, errors, tls = entry
     return {
         "shard": handle.shard,
         "worker_pid": handle.pid,
@@ -99,6 +103,7 @@ def _connection(
         "encoding": encoding,
         "state": state,
         "protocol_errors": errors,
+        "tls": tls,
     }
 
 
@@ -114,6 +119,11 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
             if counters.get(reason)
         },
         "shell_errors": counters.get("shell_errors", 0),
+        "tls_handshake_failures": {
+            why: counters[f"tls_handshake_{why}"]
+            for why in ("error", "timeout")
+            if counters.get(f"tls_handshake_{why}")
+        },
         "gc": {
             "collections": [counters.get(f"gc_collections_{g}", 0) for g in range(3)],
             "max_pause_ms": round(counters.get("gc_max_pause_us", 0) / 1000, 1),

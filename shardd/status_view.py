@@ -61,6 +61,7 @@ def _session_rows(sessions: list[dict[str, Any]]) -> list[list[str]]:
             s["term"] or "-",
             f"{s['cols']}x{s['rows']}" if s["cols"] else "-",
             s["encoding"] or "-",
+            s.get("tls") or "-",
         ]
         for s in sessions
     ]
@@ -77,6 +78,7 @@ _SESSION_HEADERS = [
     "TERM",
     "SIZE",
     "ENCODING",
+    "TLS",
 ]
 
 
@@ -92,6 +94,10 @@ def _events(counts: dict[str, Any]) -> str:
     closed = counts.get("closed_by_server") or {}
     if closed:
         parts.append("closed " + ", ".join(f"{n} for {why}" for why, n in sorted(closed.items())))
+    tls = counts.get("tls_handshake_failures") or {}
+    if tls:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(tls.items()))
+        parts.append(f"{sum(tls.values())} TLS handshakes failed ({reasons})")
     if counts.get("shell_errors"):
         parts.append(f"{counts['shell_errors']} shell errors")
     gc = counts.get("gc") or {}
@@ -106,7 +112,9 @@ def render(status: dict[str, Any]) -> str:
     sessions = status["connections"]
     lines = [
         f"shardd supervisor {sup['pid']}, up {_duration(sup['uptime'])}, "
-        f"listening on {', '.join(sup['listen'])}, {sup['workers']} shards"
+        f"listening on {', '.join(sup['listen'])}"
+        + (f", TLS on {', '.join(sup['listen_tls'])}" if sup.get("listen_tls") else "")
+        + f", {sup['workers']} shards"
         + (f" ({sup['stopping']} stop under way)" if sup.get("stopping") else ""),
         "",
     ]

@@ -5,9 +5,11 @@ only enqueue, and the loop reaps children, reads worker channels, answers the
 control socket, and acts on timers. It runs no event loop and no threads, so
 forking a worker from it is safe (docs/ARCHITECTURE.md, "Invariants").
 
-Each shard's SO_REUSEPORT socket is bound here and kept open for the
-supervisor's whole life; a replacement worker inherits the same socket, so
-connections waiting in its accept queue survive a worker's death.
+Each shard's SO_REUSEPORT socket (two with TLS: one per port) is bound here
+and kept open for the supervisor's whole life; a replacement worker inherits
+the same sockets, so connections waiting in their accept queues survive a
+worker's death. The TLS certificate is read here too, at start and on every
+rolling restart, so that workers forked after a HUP serve the new one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
 from workers.peer_table import PeerTable
 from workers.serving import SessionOptions
+from workers.tls import TlsError, TlsListener, load_context
 from workers.worker import WorkerSettings, run_worker
 
 log = logging.getLogger("shardd.supervisor")
@@ -98,6 +102,7 @@ class WorkerHandle:
 class Shard:
     index: int
     sock: socket.socket
+    tls_sock: socket.socket | None = None  # its TLS port's socket, if TLS is on
     worker: WorkerHandle | None = None
     restarts: int = 0
     failures: deque[float] = field(default_factory=deque)
@@ -112,9 +117,15 @@ class SupervisorError(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, cfg: ServeConfig, opts: SessionOptions) -> None:
+    def __init__(
+        self, cfg: ServeConfig, opts: SessionOptions, tls_context: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls_context``: the certificate as loaded at start; with it, every shard
+        also listens on ``cfg.tls_port``."""
         self.cfg = cfg
         self.opts = opts
+        #: what workers forked from now on serve TLS with (re-read on HUP)
+        self.tls_context = tls_context
         self.server_settings = cfg.server_settings()
         # Every worker's counts for the limits per address, shared (mapped before
         # any fork). Two rows a shard: a rolling restart's new worker and the old.
@@ -128,6 +139,8 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self.started = time.monotonic()
         self.port = cfg.port
+        self.tls_port = cfg.tls_port if tls_context is not None else None
+        self.binding = cfg.port  # the port being bound, for the message if it fails
         self.exit_code = 0
         self.stopping: str | None = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
@@ -147,7 +160,7 @@ class Supervisor:
                 self._add_shard_socket(index)
         except OSError:
             for shard in self.shards:
-                shard.sock.close()
+                _close_sockets(shard)
             raise
         log.info(
             "file descriptor limit %d per worker, so about %d sessions each",
@@ -167,9 +180,19 @@ class Supervisor:
         )
 
     def _add_shard_socket(self, index: int) -> Shard:
+        self.binding = self.port
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
         self.port = sock.getsockname()[1]
         shard = Shard(index, sock)
+        if self.tls_port is not None:
+            self.binding = self.tls_port
+            try:
+                tls_sock = listeners.bind_shard(self.cfg.host, self.tls_port, self.cfg.backlog)
+            except OSError:
+                sock.close()
+                raise
+            shard.tls_sock = tls_sock
+            self.tls_port = tls_sock.getsockname()[1]
         self.shards.append(shard)
         return shard
 
@@ -179,9 +202,10 @@ class Supervisor:
         assert self.control is not None
         host = self.cfg.host
         log.info(
-            "serving telnet on %s:%d (supervisor %d, %d workers, control %s)",
+            "serving telnet on %s:%d%s (supervisor %d, %d workers, control %s)",
             host,
             self.port,
+            "" if self.tls_port is None else f" and TLS on {host}:{self.tls_port}",
             os.getpid(),
             len(self.shards),
             self.control.path,
@@ -274,14 +298,34 @@ class Supervisor:
             log.info("%s: fast stop", why)
             self._signal_workers(signal.SIGQUIT)
 
-    def begin_reload(self) -> None:
+    def begin_reload(self) -> str:
+        """Begin a rolling restart (HUP); what happened, in a few words.
+
+        With TLS, the certificate and key are read again first: the new
+        workers serve them, while sessions on the old ones keep theirs until
+        those drain. If they cannot be read, nothing restarts.
+        """
         if self.stopping:
-            return
+            return "stopping: no restart"
         if self.rolling or self.rolling_new:
             log.info("SIGHUP: a rolling restart is already under way")
-            return
+            return "a rolling restart is already under way"
+        reloaded = ""
+        if self.tls_context is not None and self.cfg.certfile is not None:
+            try:
+                self.tls_context = load_context(self.cfg.certfile, self.cfg.keyfile)
+            except TlsError as exc:
+                log.error(
+                    "SIGHUP: no restart: %s: %s (the workers keep the certificate they have)",
+                    exc.key,
+                    exc,
+                )
+                return f"no restart: {exc.key}: {exc}"
+            reloaded = ", TLS certificate re-read"
+            log.info("SIGHUP: TLS certificate re-read from %s", self.cfg.certfile)
         log.info("SIGHUP: rolling restart of %d shards", len(self.shards))
         self.rolling.extend(shard.index for shard in self.shards if not shard.removing)
+        return "rolling restart begun" + reloaded
 
     def change_workers(self, delta: int) -> int:
         if self.stopping:
@@ -317,7 +361,7 @@ class Supervisor:
             self._send(shard.worker, ipc.DRAIN)
             shard.worker.state = "draining"
         # The socket leaves the reuseport group once its worker closes it too.
-        shard.sock.close()
+        _close_sockets(shard)
         self.shards.remove(shard)
 
     def _signal_workers(self, signum: int) -> None:
@@ -336,6 +380,9 @@ class Supervisor:
         if pid == 0:  # the worker
             ours.close()
             self._close_in_child(keep=shard)
+            tls = None
+            if shard.tls_sock is not None and self.tls_context is not None:
+                tls = TlsListener(shard.tls_sock, self.tls_context, self.cfg.tls_handshake_timeout)
             settings = WorkerSettings(
                 shard=shard.index,
                 server=self.server_settings,
@@ -343,6 +390,7 @@ class Supervisor:
                 row=row,
                 stats_interval=self.cfg.stats_interval,
                 reopen_logs=logs.reopen,
+                tls=tls,
             )
             run_worker(settings, shard.sock, theirs, self.opts)
         theirs.close()
@@ -360,11 +408,11 @@ class Supervisor:
         return handle
 
     def _close_in_child(self, keep: Shard) -> None:
-        """In a fresh worker: drop every inherited descriptor but its own socket."""
+        """In a fresh worker: drop every inherited descriptor but its own sockets."""
         self.selector.close()
         for shard in self.shards:
             if shard is not keep:
-                shard.sock.close()
+                _close_sockets(shard)
         for handle in self.workers.values():
             handle.channel.close()
         if self.control is not None:
@@ -638,7 +686,7 @@ class Supervisor:
         if self.control is not None:
             self.control.close()
         for shard in self.shards:
-            shard.sock.close()
+            _close_sockets(shard)
         signal.set_wakeup_fd(-1)
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
@@ -671,6 +719,12 @@ class Supervisor:
             else:
                 keep.append((deadline, answer))
         self.status_waiters = keep
+
+
+def _close_sockets(shard: Shard) -> None:
+    shard.sock.close()
+    if shard.tls_sock is not None:
+        shard.tls_sock.close()
 
 
 def _describe_exit(status: int) -> str:

@@ -37,6 +37,12 @@ def session_report(reader: Any, writer: Any) -> dict[str, Any]:
     report = {key: writer.get_extra_info(key) for key in REPORTED_KEYS}
     report["writer_encoding"] = writer.encoding
     report["reader_encoding"] = reader.encoding
+    # TLS sessions: marked, and their transport's SSL object (None on the plain port)
+    report["tls"] = writer.get_extra_info("tls")
+    ssl_object = writer.get_extra_info("ssl_object")
+    report["tls_version"] = ssl_object.version() if ssl_object is not None else None
+    cipher = writer.get_extra_info("cipher")
+    report["cipher"] = cipher[0] if cipher else None
     return report
 
 

@@ -226,6 +226,7 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
         return None
     info = protocol.get_extra_info
     writer = protocol.writer
+    tls = info("ssl_object")  # on TLS sessions only, from their transport
     return [
         session_id,
         protocol.rx_bytes,
@@ -237,6 +238,7 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
         _as_int(info("rows", 0)),
         (writer.encoding or "binary") if writer is not None else "",
         protocol.protocol_errors,
+        (tls.version() or "TLS") if tls is not None else "",
     ]
 
 

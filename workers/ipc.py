@@ -53,6 +53,7 @@ SESSION_FIELDS = (
     "rows",
     "encoding",
     "protocol_errors",
+    "tls",
 )
 # More counters than this in one report is not a worker's report.
 MAX_COUNTERS = 64
@@ -87,6 +88,7 @@ _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),
     (str,),
     (int,),
+    (str,),
 )
 
 
