@@ -41,6 +41,8 @@ def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
     # shardd against each anchor, and 2 workers against 1
     assert set(report["ratios"]["shardd-1w"]) == {"telnetlib3", "uvloop-streams", "uvloop-protocol"}
     assert "shardd-1w" in report["ratios"]["shardd-2w"]
+    # TLS against plain, the same worker
+    assert "shardd-1w" in report["ratios"]["shardd-1w-tls"]
     ratio = report["ratios"]["shardd-1w"]["telnetlib3"]["echo-1k"]
     expected = report["median"]["shardd-1w"]["echo-1k"] / report["median"]["telnetlib3"]["echo-1k"]
     assert ratio == pytest.approx(expected, rel=1e-2)

@@ -2,10 +2,11 @@
 
 Certificates are made by ``openssl`` for each run. The clients are real:
 ``openssl s_client`` and telnetlib3's ``telnetlib3-client --ssl`` as separate
-programs through a pty, and Python's ``ssl`` sockets. The first tests run a
-``Server`` in this process, on asyncio's loop and on uvloop's, to look at its
-sessions and counts; the others run ``shardd serve``. Nothing sleeps to
-synchronise: every wait is on a condition, with a deadline.
+programs through a pty, Python's ``ssl`` sockets, and the load-test tool with
+``--tls``. The first tests run a ``Server`` in this process, on asyncio's
+loop and on uvloop's, to look at its sessions and counts; the others run
+``shardd serve``. Nothing sleeps to synchronise: every wait is on a
+condition, with a deadline.
 """
 
 from __future__ import annotations
@@ -410,6 +411,31 @@ def test_refusal_on_the_tls_port_closes_without_a_line(serve: Any, certs: dict[s
             got = read_until(plain, b"\r\n", bytearray())
         assert got.decode().strip() == TOO_MANY_SESSIONS.strip()
     server.wait_for_log(r"refused: 1 sessions from this address")
+
+
+def test_loadtest_client_speaks_tls(serve: Any, certs: dict[str, Cert]) -> None:
+    server = serve(*tls_args(certs["shardd-a"]), "--shell", "echo")
+    port = tls_port(server)
+    echo = run_shardd(
+        "loadtest", "echo", "--port", str(port), "--tls", "--sessions", "4",
+        "--duration", "0.5", "--size", "1024", "--json",
+    )  # fmt: skip
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    summary = json.loads(echo.stdout)
+    assert summary["tls"] is True and summary["target"] == f"127.0.0.1:{port} (TLS)"
+    assert summary["round_trips"] > 0 and summary["failures_total"] == 0
+    connect = run_shardd(
+        "loadtest", "connect", "--port", str(port), "--tls", "--sessions", "10", "--json"
+    )
+    assert connect.returncode == 0, connect.stdout + connect.stderr
+    assert json.loads(connect.stdout)["failures_total"] == 0
+    # --tls against the plain port: every handshake fails, so TLS was really spoken
+    wrong = run_shardd(
+        "loadtest", "connect", "--port", str(server.port), "--tls", "--sessions", "3", "--json"
+    )
+    assert wrong.returncode == 1
+    failed = json.loads(wrong.stdout)
+    assert failed["failures_total"] == 3 and list(failed["failures_by_phase"]) == ["connect"]
 
 
 def test_hup_reloads_the_certificate_and_keeps_sessions(

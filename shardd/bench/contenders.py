@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,9 +21,11 @@ HOST = "127.0.0.1"
 @dataclass(frozen=True)
 class Contender:
     name: str
-    command: tuple[str, ...]  # with {port} to fill in
+    command: tuple[str, ...]  # with {port} to fill in ({tls_port}, {certfile}, {keyfile} too)
     anchor: bool = False
     shards: int = 0  # >0: a shardd supervisor with this many workers
+    #: clients speak TLS, to {tls_port}, with a self-signed certificate made for the run
+    tls: bool = False
 
 
 def _shardd(workers: int) -> tuple[str, ...]:
@@ -49,6 +53,18 @@ def _shardd(workers: int) -> tuple[str, ...]:
     )
 
 
+def _tls(command: tuple[str, ...]) -> tuple[str, ...]:
+    return (
+        *command,
+        "--tls-port",
+        "{tls_port}",
+        "--certfile",
+        "{certfile}",
+        "--keyfile",
+        "{keyfile}",
+    )
+
+
 def _anchor(kind: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "shardd.bench.anchors", kind, "--host", HOST, "--port", "{port}")
 
@@ -58,6 +74,8 @@ CONTENDERS: dict[str, Contender] = {
     for c in (
         Contender("shardd-1w", _shardd(1), shards=1),
         Contender("shardd-2w", _shardd(2), shards=2),
+        # the same worker, every session over TLS: its ratios to shardd-1w are TLS's cost
+        Contender("shardd-1w-tls", _tls(_shardd(1)), shards=1, tls=True),
         Contender("telnetlib3", _anchor("telnetlib3"), anchor=True),
         Contender("uvloop-streams", _anchor("streams"), anchor=True),
         Contender("uvloop-protocol", _anchor("protocol"), anchor=True),
@@ -75,7 +93,17 @@ class Server:
     def __init__(self, contender: Contender) -> None:
         self.contender = contender
         self.port = _free_port()
-        command = [part.replace("{port}", str(self.port)) for part in contender.command]
+        #: the port clients connect to: the TLS one for a TLS contender
+        self.client_port = self.port
+        self.scratch = tempfile.TemporaryDirectory(prefix="shardd-bench-")
+        values = {"{port}": str(self.port)}
+        if contender.tls:
+            self.client_port = _free_port(other_than=self.port)
+            certfile, keyfile = _self_signed(self.scratch.name)
+            values.update(
+                {"{tls_port}": str(self.client_port), "{certfile}": certfile, "{keyfile}": keyfile}
+            )
+        command = [values.get(part, part) for part in contender.command]
         # a file, not a pipe: nobody reads a contender's log while it runs, and a
         # full pipe would freeze it mid-write (telnetlib3 logs every reset)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
@@ -116,7 +144,7 @@ class Server:
                 w["state"] == "serving" for w in workers
             )
         try:
-            socket.create_connection((HOST, self.port), timeout=1.0).close()
+            socket.create_connection((HOST, self.client_port), timeout=1.0).close()
         except OSError:
             return False
         return True
@@ -143,10 +171,29 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+        self.scratch.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _free_port(other_than: int = 0) -> int:
+    while True:
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            port: int = probe.getsockname()[1]
+        if port != other_than:
+            return port
+
+
+def _self_signed(directory: str) -> tuple[str, str]:
+    """A throwaway certificate and key (EC P-256, the usual choice today), by openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BenchError("the TLS contender needs the openssl command (Debian: openssl)")
+    certfile, keyfile = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    made = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=shardd-bench", "-keyout", keyfile, "-out", certfile],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        raise BenchError(f"openssl could not make a test certificate: {made.stderr.strip()}")
+    return certfile, keyfile

@@ -60,8 +60,11 @@ def measure(name: str, server: Server, settings: BenchSettings) -> tuple[float, 
     if scenario.memory_barrier is not None:
         kwargs["pids"] = server.pids()
         hooks = balance = _BalanceHooks(server, scenario.memory_barrier)
+    if server.contender.tls:
+        kwargs["tls"] = True
     result = _run(
-        scenario.run(HOST, server.port, **kwargs, hooks=hooks), f"{server.contender.name} {name}"
+        scenario.run(HOST, server.client_port, **kwargs, hooks=hooks),
+        f"{server.contender.name} {name}",
     )
     summary = result.summary()
     if balance is not None:

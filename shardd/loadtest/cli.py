@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="server address, loopback only (default 127.0.0.1)")
     add("--port", default="6023", help="server port (default 6023)")
+    add(
+        "--tls",
+        action="store_true",
+        help="speak TLS (telnets), to a server's --tls-port; a test tool: the "
+        "certificate is not verified, so a self-signed one will do",
+    )
     bounding: list[str] = []
     for uses in registry.param_flags().values():
         param = uses[0][1]

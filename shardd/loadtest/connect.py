@@ -82,13 +82,14 @@ async def connect(
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> ConnectResult:
     """Set up ``sessions`` sessions, ``concurrency`` at a time, closing each once set up.
 
     ``share`` is (this process, processes) when a run is split over several:
     it decides this process's turns in the round-robin over ``sources``.
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     check_positive(
         sessions=sessions,

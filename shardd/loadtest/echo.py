@@ -202,6 +202,7 @@ async def echo(
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> EchoResult:
     """Run the echo scenario once; every session first completes one round trip.
 
@@ -209,7 +210,7 @@ async def echo(
     within ``negotiation_timeout`` fails with a negotiation timeout. Sessions are
     opened ``concurrency`` at a time (all at once by default).
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     if size < 1 or sessions < 1 or not duration > 0:
         raise ValueError("sessions, size and duration must be positive")

@@ -318,13 +318,14 @@ async def flood(
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> FloodResult:
     """Bystanders' round trips for ``duration`` alone, then as long while ``flooders`` flood.
 
     ``share`` (index, count): this process's flooders are numbers index,
     index + count, ... of the run's, each starting at its own chunk.
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     check_positive(
         sessions=sessions,

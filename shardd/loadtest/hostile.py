@@ -175,6 +175,7 @@ async def hostile(
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> HostileResult:
     """Hostile sessions from the seed's schedule (this process's share), and bystanders.
 
@@ -183,7 +184,7 @@ async def hostile(
     of its own. ``negotiation_timeout`` bounds every wait for the server:
     a setup, a write it does not take, a probe's answer.
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     check_positive(
         sessions=sessions,

@@ -92,6 +92,7 @@ async def idle(
     pids: Sequence[int] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> IdleResult:
     """Open ``sessions`` sessions (``concurrency`` setups at a time) and hold them.
 
@@ -100,7 +101,7 @@ async def idle(
     of those (server) processes is measured before opening and at the end of
     the hold.
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     check_positive(
         sessions=sessions,

@@ -39,6 +39,7 @@ class Plan:
     max_failures: int
     json: bool
     progress: bool
+    tls: bool = False
     control_path: str | None = None
     pids: list[int] = field(default_factory=list)
 
@@ -49,6 +50,7 @@ class Plan:
             "connect_timeout": self.connect_timeout,
             "sources": self.sources,
             "share": (index, self.procs),
+            "tls": self.tls,
         }
         for param in self.scenario.params:
             value = self.params[param.name]
@@ -78,7 +80,7 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
             )
     port = check_int("port", args.port, 1, 65535)
     try:
-        target = Target.resolve(args.host, port)
+        target = Target.resolve(args.host, port, tls=args.tls)
     except ValueError as exc:
         raise ConfigError("host", str(exc)) from None
     sources: list[str] = []
@@ -115,6 +117,7 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
         max_failures=check_int("max-failures", args.max_failures, 0, 10**12),
         json=args.json,
         progress=progress,
+        tls=args.tls,
     )
     if args.control is not None:
         plan.control_path = args.control

@@ -276,6 +276,7 @@ def _merge(
     head = {
         "scenario": plan.scenario.name,
         "target": str(plan.target),
+        "tls": plan.tls,
         "procs": plan.procs,
     }
     summary = {**head, **summary}

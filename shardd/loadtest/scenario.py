@@ -130,7 +130,8 @@ class Scenario:
     """One scenario: its coroutine, result, parameters and how to run and report it.
 
     ``run`` is called as ``run(host, port, **params, negotiation_timeout=,
-    connect_timeout=, sources=, share=, hooks=)``, and returns a ``result``.
+    connect_timeout=, sources=, share=, hooks=, tls=)``, and returns a
+    ``result``; ``tls`` True: every session speaks TLS (``Target.resolve``).
     A scenario with a ``memory_barrier`` also takes ``pids`` (the server's
     processes, to read their memory itself) and reaches that barrier while
     every session is held: a run split over client processes has its parent

@@ -89,6 +89,7 @@ async def storm(
     sources: Sequence[str] = (),
     share: tuple[int, int] = (0, 1),
     hooks: Hooks | None = None,
+    tls: bool = False,
 ) -> StormResult:
     """New sessions at ``rate`` per second for ``duration``, each held a random time.
 
@@ -99,7 +100,7 @@ async def storm(
     An arrival finding ``max_sessions`` of this process's sessions in flight is
     skipped, and counted as such.
     """
-    target = Target.resolve(host, port)
+    target = Target.resolve(host, port, tls=tls)
     locals_ = [target.source(s) for s in sources]
     check_positive(
         rate=rate,

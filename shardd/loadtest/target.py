@@ -3,6 +3,10 @@
 Targets and local (source) addresses are loopback only: the load-test tool
 refuses anything else before it opens a socket. Failures are counted by
 kind, the strings below, in every scenario's result.
+
+With ``--tls`` every session speaks TLS (telnets). This is a test tool: it
+does not verify the server's certificate, so a self-signed test certificate
+serves, and the figures measure the server's TLS work, not a PKI.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import errno
 import ipaddress
 import math
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +31,7 @@ NEGOTIATION_TIMEOUT = "negotiation timeout"
 SHORT_ECHO = "short echo"
 CORRUPT_ECHO = "corrupt echo"
 CLOSED = "closed by server"
+TLS_FAILED = "tls handshake failed"
 
 # a close flushes what we wrote; a peer that stops reading must not hold it open
 CLOSE_GRACE = 2.0
@@ -59,9 +65,11 @@ class Target:
     port: int
     family: int
     address: tuple[Any, ...]
+    #: sessions speak TLS with this (see the module's note: no verification)
+    tls: ssl.SSLContext | None = None
 
     @classmethod
-    def resolve(cls, host: str, port: int) -> Target:
+    def resolve(cls, host: str, port: int, *, tls: bool = False) -> Target:
         """ValueError unless ``host`` is loopback and ``port`` a TCP port."""
         if not 0 < port < 65536:
             raise ValueError(f"port must be between 1 and 65535, not {port}")
@@ -69,7 +77,7 @@ class Target:
         family, _type, _proto, _name, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM
         )[0]
-        return cls(host, port, family, address)
+        return cls(host, port, family, address, client_tls_context() if tls else None)
 
     def source(self, source: str) -> str:
         """``source`` as a local address for this target; ValueError if it cannot be."""
@@ -84,13 +92,23 @@ class Target:
 
     def __str__(self) -> str:
         host = self.address[0]
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return f"{where} (TLS)" if self.tls is not None else where
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """TLS for a test tool: any certificate will do, the server's is not verified."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def open_session(
     factory: Callable[[], _P], target: Target, source: str | None, timeout: float
 ) -> tuple[asyncio.Transport, _P]:
-    """A connected transport and its protocol; OSError (TimeoutError included) if not."""
+    """A connected transport and its protocol, through the TLS handshake if the
+    target speaks TLS; OSError (TimeoutError, ssl.SSLError included) if not."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(target.family, socket.SOCK_STREAM)
     try:
@@ -104,6 +122,10 @@ async def open_session(
             sock.bind((source, 0))
         async with asyncio.timeout(timeout):
             await loop.sock_connect(sock, target.address)
+            if target.tls is not None:
+                return await loop.create_connection(
+                    factory, sock=sock, ssl=target.tls, server_hostname=target.host
+                )
         return await loop.create_connection(factory, sock=sock)
     except BaseException:
         sock.close()
@@ -114,6 +136,8 @@ def connect_failure(exc: BaseException) -> str:
     """The failure kind of a connection attempt that raised ``exc``."""
     if isinstance(exc, ConnectionRefusedError):
         return REFUSED
+    if isinstance(exc, ssl.SSLError):
+        return TLS_FAILED
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
         return RESET
     if isinstance(exc, TimeoutError):
