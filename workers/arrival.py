@@ -29,6 +29,8 @@ import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
+from workers.log_limits import PROTOCOL_WARNINGS
+
 if TYPE_CHECKING:
     from workers.serving import Server
 
@@ -247,7 +249,10 @@ class Arrival(asyncio.Protocol):
         except asyncio.CancelledError:
             return
         except Exception as exc:
-            log.warning(
+            # a client can make a stage fail at will: rate-limited, as every warning about one
+            PROTOCOL_WARNINGS.warning(
+                log,
+                self.host,
                 "%s: connection dropped before its session: %s: %s",
                 self.peer,
                 type(exc).__name__,
