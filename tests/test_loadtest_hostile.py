@@ -138,8 +138,11 @@ def _hostile(port: int, *args: str) -> tuple[int, dict[str, Any]]:
     return loadtest("hostile", "--port", str(port), "--server-port", str(port), *args, timeout=120)
 
 
-def test_survivable_kinds_are_survived(serve: Any) -> None:
-    server = serve("--workers", "2")
+@pytest.mark.parametrize("shell", ["welcome", "echo"])
+def test_survivable_kinds_are_survived(serve: Any, shell: str) -> None:
+    """Every kind, against the welcome shell and the echo shell, which never speaks
+    first and writes back what it was sent, in the encoding of the other direction."""
+    server = serve("--workers", "2", "--shell", shell)
     code, s = _hostile(
         server.port,
         "--kinds",

@@ -32,7 +32,12 @@ async def echo(reader: TelnetReader, writer: TelnetWriter) -> None:
             continue
         if not data:
             return
-        writer.write(data)
+        try:
+            writer.write(data)
+        except UnicodeEncodeError:
+            # BINARY on one way only: what arrived in UTF-8 goes back in US-ASCII,
+            # with '?' for what that cannot carry
+            writer.write(data.encode(writer.encoding or "ascii", "replace"))
         await writer.drain()
 
 

@@ -23,6 +23,7 @@ from typing import Any, cast
 from shardd.loadtest.hooks import Hooks
 from shardd.loadtest.hostile_inputs import CLOSE, PROBE, RESET, RESYNC, Attack
 from shardd.loadtest.latencies import Latencies
+from shardd.loadtest.sessions import PROBE as SETUP_PROBE
 from shardd.loadtest.sessions import Tally
 from shardd.loadtest.target import CLOSE_GRACE, NEGOTIATION_TIMEOUT, TIMEOUT, lost_failure
 from workers.telnet.client import TelnetClientSession
@@ -105,6 +106,10 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.tally.connected(transport)
+        if self.answering:
+            # a shell may never speak first (the echo shell does not): the NUL
+            # the other scenarios send, which line shells ignore and echo returns
+            self.transport.write(SETUP_PROBE)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
