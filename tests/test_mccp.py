@@ -1,4 +1,5 @@
-"""MCCP2/MCCP3 (``workers/telnet/mccp.py``): round trips, bombs, broken streams, memory."""
+"""MCCP2/MCCP3 (``workers/telnet/mccp.py``): round trips, bombs, broken streams, memory,
+and the engine handing a session's compressed stream over to a Decompressor."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workers.telnet import mccp
+from workers.telnet.engine import DATA, HELD, Subnegotiation, TelnetEngine, escape
 from workers.telnet.mccp import Compressor, Decompressor, MCCPError
+from workers.telnet.telopt import IAC, MCCP2, MCCP3, NOP
 
 PROPERTY_SETTINGS = settings(
     deadline=None,
@@ -260,3 +263,91 @@ def test_an_inflated_stream_costs_its_window(client_wbits: int, most: int) -> No
         return decompressor
 
     assert memory_per_stream(make) < most * 1024
+
+
+# -------------------------------------------------- the engine hands the stream over
+
+
+class CompressedInput:
+    """How a session drives the engine and a Decompressor together, sans-I/O:
+    the server for MCCP3 (its client's input), the client role for MCCP2."""
+
+    def __init__(self, role: str, option: int, max_output: int) -> None:
+        self.engine = TelnetEngine(role, stop_after_sb={option})
+        self.option = option
+        self.max_output = max_output
+        self.decompressor: Decompressor | None = None
+        self.inband: list[bytes] = []
+
+    def receive(self, data: bytes) -> None:
+        while True:
+            if self.decompressor is None:
+                self.inband.append(self.engine.receive(data))
+                events = self.engine.take_events()
+                if Subnegotiation(self.option, b"") not in events:
+                    return
+                # the compressed stream starts right after IAC SB <option> IAC SE
+                self.decompressor = Decompressor(self.max_output)
+                data = self.engine.take_held()
+                continue
+            plain, rest = self.decompressor.decompress(data)
+            self.inband.append(self.engine.receive(plain))
+            if self.decompressor.finished:
+                self.decompressor = None
+                data = rest
+            elif self.decompressor.pending:
+                data = b""
+            else:
+                return
+
+
+@PROPERTY_SETTINGS
+@given(
+    side=st.sampled_from(
+        [("server", MCCP3, mccp.START_MCCP3), ("client", MCCP2, mccp.START_MCCP2)]
+    ),
+    before=st.binary(max_size=50),
+    middle=st.lists(st.binary(max_size=200), max_size=5),
+    after=st.binary(max_size=50),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    max_output=st.integers(1, 500),
+)
+def test_a_session_inflates_exactly_the_compressed_part(
+    side: tuple[str, int, bytes],
+    before: bytes,
+    middle: list[bytes],
+    after: bytes,
+    cuts: list[int],
+    max_output: int,
+) -> None:
+    role, option, start = side
+    compressor = Compressor()
+    nop = bytes((IAC, NOP))
+    wire = (
+        escape(before)
+        + nop
+        + start
+        + b"".join(compressor.compress(escape(chunk) + nop) for chunk in middle)
+        + compressor.end()
+        + escape(after)
+    )
+    session = CompressedInput(role, option, max_output)
+    for chunk in split(wire, cuts):
+        session.receive(chunk)
+    assert b"".join(session.inband) == before + b"".join(middle) + after
+    assert session.decompressor is None
+
+
+def test_without_the_hook_the_marker_is_an_ordinary_subnegotiation() -> None:
+    engine = TelnetEngine("server")
+    assert engine.receive(b"a" + mccp.START_MCCP3 + b"b") == b"ab"
+    assert engine.take_events() == [Subnegotiation(MCCP3, b"")]
+    assert engine.take_held() == b""
+    # with it, parsing stops after the marker, even at the end of a chunk
+    engine = TelnetEngine("server", stop_after_sb={MCCP3})
+    assert engine.receive(b"a" + mccp.START_MCCP3) == b"a"
+    assert engine.parser_state == HELD
+    assert engine.take_held() == b""
+    assert engine.parser_state == DATA
+    assert engine.receive(b"b" + mccp.START_MCCP3 + b"\x78\xff") == b"b"
+    assert engine.take_held() == b"\x78\xff"
