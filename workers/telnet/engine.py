@@ -107,6 +107,9 @@ def escape(data: bytes) -> bytes:
     return data.replace(IAC_BYTE, IAC_IAC)
 
 
+# One empty set for every engine that stops after no subnegotiation.
+_NO_OPTIONS: frozenset[int] = frozenset()
+
 # Added to a WANTNO or WANTYES state: the opposite request is queued (RFC 1143).
 _QUEUED = 4
 
@@ -152,6 +155,7 @@ class TelnetEngine:
         "parser_state",
         "role",
         "sb_limit",
+        "stop_after_sb",
     )
 
     def __init__(
@@ -162,6 +166,7 @@ class TelnetEngine:
         accept_remote: Iterable[int] = (),
         sb_limit: int = DEFAULT_SB_LIMIT,
         budget: int | None = None,
+        stop_after_sb: Iterable[int] = _NO_OPTIONS,
     ) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
@@ -172,6 +177,11 @@ class TelnetEngine:
         #: parser steps (a find, or one byte of a sequence) per receive(); the
         #: rest waits, parser_state HELD, for the next call. None: no limit.
         self.budget = budget
+        #: options whose subnegotiation ends parsing: what follows it is held
+        #: unparsed for take_held() (a compressed stream starts there: MCCP)
+        self.stop_after_sb = (
+            stop_after_sb if isinstance(stop_after_sb, frozenset) else frozenset(stop_after_sb)
+        )
         self._held = b""
         self.events: list[Event] = []
         self._out = bytearray()
@@ -192,6 +202,8 @@ class TelnetEngine:
         buffer (see :meth:`data_to_send`). With a ``budget``, parsing stops at
         the first sequence boundary past it: ``parser_state`` is then HELD, and
         the next call (``receive(b"")`` to go on) starts with the held bytes.
+        Parsing also stops, HELD, right after a subnegotiation of an option in
+        ``stop_after_sb``: the caller takes the rest with :meth:`take_held`.
         """
         if self.parser_state == DATA and IAC_BYTE not in data:
             return data
@@ -256,7 +268,25 @@ class TelnetEngine:
                     self.parser_state = _SB
                 else:  # _SB_IAC
                     self._after_sb_iac(byte)
+                    if byte == SE and self._sb_opt in self.stop_after_sb:
+                        # what follows is not telnet yet (MCCP): leave it unparsed
+                        self._held = data[pos:]
+                        self.parser_state = HELD
+                        break
         return b"".join(inband)
+
+    def take_held(self) -> bytes:
+        """The received bytes held back unparsed, now the caller's to handle.
+
+        After a subnegotiation of a ``stop_after_sb`` option they are the
+        start of a compressed stream; the next :meth:`receive` parses from
+        scratch, between sequences.
+        """
+        held = self._held
+        self._held = b""
+        if self.parser_state == HELD:
+            self.parser_state = DATA
+        return held
 
     def _after_iac(self, byte: int) -> None:
         if byte in (WILL, WONT, DO, DONT):

@@ -41,7 +41,8 @@ NEW_ENVIRON = 39  # RFC 1572
 CHARSET = 42  # RFC 2066
 MSDP = 69
 MSSP = 70
-MCCP2 = 86
+MCCP2 = 86  # MUD Client Compression Protocol v2: server output
+MCCP3 = 87  # MCCP v3: client input
 GMCP = 201
 
 # Subnegotiation verbs shared by TTYPE, TSPEED, XDISPLOC, NEW_ENVIRON.
@@ -100,6 +101,7 @@ OPTION_NAMES: dict[int, str] = {
     MSDP: "MSDP",
     MSSP: "MSSP",
     MCCP2: "MCCP2",
+    MCCP3: "MCCP3",
     GMCP: "GMCP",
 }
 
