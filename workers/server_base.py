@@ -254,7 +254,8 @@ class BaseServer(asyncio.Protocol):
 
         This callback may be exercised by the nc(1) client argument -z.
         """
-        self.log.debug("%s: EOF received, closing", self.peer)
+        if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
+            self.log.debug("%s: EOF received, closing", self.peer)
         self.reader.feed_eof()  # type: ignore[union-attr]
         self._transport.close()  # type: ignore[union-attr]
         return False
@@ -267,7 +268,8 @@ class BaseServer(asyncio.Protocol):
         if self._lost:
             return
         self._lost = self.closed = True
-        self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
+        if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
+            self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
             self._check_later.cancel()
             self._check_later = None
@@ -538,11 +540,13 @@ class BaseServer(asyncio.Protocol):
 
     def on_subnegotiation(self, option: int, payload: bytes) -> None:
         """A complete subnegotiation arrived. For subclasses."""
-        self.log.debug("%s: ignored subnegotiation of %s", self.peer, name_option(option))
+        if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
+            self.log.debug("%s: ignored subnegotiation of %s", self.peer, name_option(option))
 
     def on_command(self, cmd: int) -> None:
         """A two-byte command (AYT, IP, GA, ...) arrived. For subclasses."""
-        self.log.debug("%s: received IAC %s", self.peer, name_command(cmd))
+        if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
+            self.log.debug("%s: received IAC %s", self.peer, name_command(cmd))
 
     # ------------------------------------------------------------------ shell
 
