@@ -2,7 +2,8 @@
 # Install shardd into ./.venv from this checkout.
 #   deploy/install.sh          the server and its runtime dependencies
 #   deploy/install.sh --test   also everything the test suite needs, including
-#                              the Debian packages of the real telnet clients
+#                              the Debian packages of the real telnet and MUD
+#                              clients the tests run as processes
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ with_test=0
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2; do
+    for pkg in inetutils-telnet netcat-openbsd iproute2 \
+        tintin++ tf5 busybox putty-tools telnet-ssl; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

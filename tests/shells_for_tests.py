@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from typing import Any
 
 from workers.shells import LineEditor
@@ -132,3 +134,21 @@ async def spew(reader: Any, writer: Any) -> None:
     for _ in range(4096):
         writer.write(chunk)
         await asyncio.sleep(0)  # let the loop run, still without waiting for the client
+
+
+async def timed(reader: Any, writer: Any) -> None:
+    """Records how long after connect it started (``tests/time_to_shell.py``), then
+    reads until the client leaves. The record is a JSON line appended to the file
+    named by ``$SHARDD_TIMED_SHELL_LOG``."""
+    first = writer.get_extra_info("first_byte_at")
+    record = {
+        "after": writer.protocol.duration,
+        "after_first_byte": None if first is None else time.monotonic() - first,
+        "TERM": writer.get_extra_info("TERM"),
+        "encoding": writer.encoding,
+    }
+    with open(os.environ["SHARDD_TIMED_SHELL_LOG"], "a") as log:
+        log.write(json.dumps(record) + "\n")
+    _write(writer, "shell started\r\n")
+    while await reader.read(65536):
+        pass
