@@ -47,6 +47,11 @@ OVERFLOW_GRACE_SECONDS = 5.0
 # enough to see EOF and clean up, not enough to leak a task per lost connection.
 SHELL_GRACE_SECONDS = 1.0
 
+# Output queued in one loop turn past this is written at once rather than at the
+# turn's end: a shell that writes without yielding still meets backpressure
+# (uvloop's high-water mark is 64 KiB).
+QUEUE_FLUSH_AT = 2**16
+
 
 _NO_EXTRA: dict[str, Any] = {}
 # the counts of a protocol no server counts for (made outside a Server)
@@ -86,6 +91,7 @@ class BaseServer(asyncio.Protocol):
         "_limit",
         "_loop",
         "_lost",
+        "_queued",
         "_read_holds",
         "_shell_task",
         "_transport",
@@ -158,6 +164,8 @@ class BaseServer(asyncio.Protocol):
         #: the transport's write buffer is over its high-water mark
         self.writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
+        # what was written in this loop turn, sent at its end in one write
+        self._queued: bytes | bytearray | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
         #: malformed or refused input from this client, as warned about
@@ -256,6 +264,7 @@ class BaseServer(asyncio.Protocol):
         """
         self.log.debug("%s: EOF received, closing", self.peer)
         self.reader.feed_eof()  # type: ignore[union-attr]
+        self.flush_output()
         self._transport.close()  # type: ignore[union-attr]
         return False
 
@@ -267,6 +276,7 @@ class BaseServer(asyncio.Protocol):
         if self._lost:
             return
         self._lost = self.closed = True
+        self._queued = None
         self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
             self._check_later.cancel()
@@ -335,6 +345,7 @@ class BaseServer(asyncio.Protocol):
             size,
             limit,
         )
+        self._queued = None
         transport.write(OVERFLOW_GOODBYE)
         self.closed = True  # later writes are dropped, and drain() raises
         transport.close()
@@ -366,18 +377,55 @@ class BaseServer(asyncio.Protocol):
     # ----------------------------------------------------------------- output
 
     def _send(self, data: bytes) -> None:
-        """Write bytes already escaped for the wire."""
+        """Write bytes already escaped for the wire: now, or after what is queued."""
         if self.closed:
             return
         self.tx_bytes += len(data)
+        if self._queued is not None:
+            self.queue(data)
+            return
         self._transport.write(data)  # type: ignore[union-attr]
         if self.writing_paused:
             self.check_output()
 
     def flush(self) -> None:
-        """Send what the engine has queued (replies, requests)."""
+        """Send what the engine has queued (replies, requests), after the shell's output."""
         if self._engine.has_output:
             self._send(self._engine.data_to_send())
+
+    def queue(self, data: bytes) -> None:
+        """Bytes already escaped for the wire, sent at the end of this loop turn.
+
+        Everything queued in one turn goes out in one write, so a shell's
+        prompt and its IAC EOR, or a line's echo, share one TCP segment. The
+        caller counts ``tx_bytes``.
+        """
+        queued = self._queued
+        if queued is None:
+            if len(data) >= QUEUE_FLUSH_AT:
+                self._queued = data
+                self.flush_output()
+                return
+            self._queued = data
+            self._loop.call_soon(self.flush_output)
+            return
+        if type(queued) is not bytearray:
+            queued = self._queued = bytearray(queued)
+        queued += data
+        if len(queued) >= QUEUE_FLUSH_AT:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Write what was queued in this loop turn now, rather than at its end."""
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        if self.closed:
+            return
+        self._transport.write(queued)  # type: ignore[union-attr]
+        if self.writing_paused:
+            self.check_output()
 
     # ------------------------------------------------------------ properties
 
@@ -582,4 +630,5 @@ class BaseServer(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self.flush_output()
             self._transport.close()

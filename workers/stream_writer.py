@@ -49,19 +49,21 @@ class TelnetWriter:
         return self._protocol
 
     def write(self, data: str | bytes) -> None:
-        """Send in-band data: ``str`` is encoded, every IAC byte doubled."""
+        """Send in-band data: ``str`` is encoded, every IAC byte doubled.
+
+        What is written in one turn of the event loop goes out in one write
+        at its end (``drain`` and ``close`` do not lose it).
+        """
         if isinstance(data, str):
             if self.encoding is None:
                 raise TypeError("this session has no encoding: write bytes, not str")
             data = data.encode(self.encoding, self._errors)
         if IAC_BYTE in data:
             data = escape(data)
-        protocol = self._protocol  # BaseServer._send, inlined: this is the hot path
+        protocol = self._protocol
         if not protocol.closed:
             protocol.tx_bytes += len(data)
-            self._transport.write(data)
-            if protocol.writing_paused:
-                protocol.check_output()
+            protocol.queue(data)
 
     def writelines(self, lines: Iterable[str | bytes]) -> None:
         for line in lines:
@@ -106,6 +108,8 @@ class TelnetWriter:
             await protocol.wait_writable()
 
     def close(self) -> None:
+        """Close the session once what was written has been sent."""
+        self._protocol.flush_output()
         self._transport.close()
 
     def is_closing(self) -> bool:
