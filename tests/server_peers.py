@@ -255,7 +255,10 @@ class EngineClient:
         xdisploc: str | None = None,
         accept_local: frozenset[int] | set[int] | None = None,
         accept_remote: frozenset[int] | set[int] | None = None,
+        ignore: frozenset[int] | set[int] = frozenset(),
     ) -> None:
+        """``ignore``: options whose subnegotiations it never answers, though it
+        agreed to them."""
         self.reader = reader
         self.writer = writer
         if ttypes is None:
@@ -266,6 +269,7 @@ class EngineClient:
         self.naws = naws
         self.tspeed = tspeed
         self.xdisploc = xdisploc
+        self.ignore = frozenset(ignore)
         local = self.DEFAULT_LOCAL if accept_local is None else accept_local
         remote = self.DEFAULT_REMOTE if accept_remote is None else accept_remote
         self.engine = TelnetEngine("client", accept_local=local, accept_remote=remote)
@@ -326,6 +330,8 @@ class EngineClient:
         self.subnegotiations.append(event)
         self.sb_wire_lengths.append((event.option, 5 + len(escape(event.payload))))
         opt, payload = event.option, event.payload
+        if opt in self.ignore:
+            return
         if opt == TTYPE and payload[:1] == bytes((SEND,)):
             value = self.ttype(self.ttype_requests)
             self.ttype_requests += 1
@@ -355,6 +361,10 @@ class EngineClient:
     def send(self, data: bytes) -> None:
         """In-band data, IACs doubled."""
         self.writer.write(escape(data))
+
+    def commands_seen(self, command: int) -> int:
+        """How many IAC <command> (GA, EOR, ...) have arrived."""
+        return sum(1 for e in self.events if isinstance(e, Command) and e.cmd == command)
 
     def data_segments_in(self) -> int:
         """TCP segments with data this client's socket has received (TCP_INFO)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import traceback
 from collections import Counter
@@ -32,6 +33,8 @@ from workers.telnet.engine import (
 from workers.telnet.telopt import name_command, name_option
 
 _monotonic = time.monotonic
+# Linux's; not in the socket module on every platform
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 # Why reading from a client is paused, as bits of BaseServer._read_holds.
 _READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
@@ -232,7 +235,25 @@ class BaseServer(asyncio.Protocol):
         if engine.parser_state == DATA and b"\xff" not in data:
             self.reader.feed_data(data)  # type: ignore[union-attr]
             return
+        sent = self.tx_bytes
         self._parse(data)
+        if self.tx_bytes == sent and not self._waiter_connected.done():
+            self._ack_now()  # (an answer would have carried the ACK)
+
+    def _ack_now(self) -> None:
+        """Acknowledge what was received at once, not after the delayed-ACK timer.
+
+        Clients that leave Nagle's algorithm on (TinTin++, TinyFugue) send
+        their first reply and hold the rest until it is acknowledged; a reply
+        that needs no answer from us would otherwise wait 40 ms for its ACK,
+        once per round trip of negotiation. Only while negotiating.
+        """
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+            except OSError:
+                pass
 
     def _parse(self, data: bytes) -> None:
         engine = self._engine
@@ -532,6 +553,7 @@ class BaseServer(asyncio.Protocol):
             return
         if self.check_negotiation(final=False):
             self._negotiation_done()
+        self.flush()
 
     def _negotiation_deadline(self) -> None:
         self._check_later = None
@@ -574,9 +596,10 @@ class BaseServer(asyncio.Protocol):
                 self.on_command(event.cmd)
             else:  # ProtocolError
                 self.protocol_warning("%s", event.reason)
-        self.flush()
         if not self._waiter_connected.done() and not self.closed:
             self._negotiation_progress()
+        # after the check: a check may ask for more (TelnetServer's timing marks)
+        self.flush()
 
     def on_option_enabled(self, option: int, local: bool) -> None:
         """An option is now on (``local``: we perform it). For subclasses."""
@@ -598,6 +621,9 @@ class BaseServer(asyncio.Protocol):
         """Start the shell once negotiation is over (a done callback)."""
         if future.cancelled() or self.closed or self.shell is None:
             return
+        mode = getattr(self.shell, "telnet_mode", None)  # workers.stream_writer.starts_in
+        if mode is not None and self.writer is not None and self.writer.mode != mode:
+            self.writer.set_mode(mode)
         try:
             result = self.shell(self.reader, self.writer)
         except Exception as exc:  # a plain function: it failed before it began
