@@ -59,6 +59,7 @@ def _session_rows(sessions: list[dict[str, Any]]) -> list[list[str]]:
             _bytes(s["rx_bytes"]),
             _bytes(s["tx_bytes"]),
             s["term"] or "-",
+            s.get("client_name") or "-",
             f"{s['cols']}x{s['rows']}" if s["cols"] else "-",
             s["encoding"] or "-",
         ]
@@ -75,6 +76,7 @@ _SESSION_HEADERS = [
     "IN",
     "OUT",
     "TERM",
+    "CLIENT",
     "SIZE",
     "ENCODING",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pexpect
 import pytest
-from conftest import ServerProcess, wait_until
+from conftest import ServerProcess, run_shardd, wait_until
 
 REPORT_SHELL = "tests.shells_for_tests:report"
 MAXWAIT = 30.0
@@ -169,6 +169,31 @@ def test_tintin_shows_prompts_on_their_own_line(play) -> None:
     tintin = play("tintin")
     tintin.report(1)
     tintin.news_starts_a_line()
+
+
+def test_status_shows_who_the_client_is(play) -> None:
+    tintin = play("tintin", "--workers", "1")
+    tintin.report(1)
+    port = str(tintin.server.port)
+
+    def reported() -> dict[str, Any] | None:
+        result = run_shardd("status", "--json", "--port", port)
+        if result.returncode != 0:
+            return None
+        sessions = json.loads(result.stdout)["connections"]
+        return sessions[0] if sessions and sessions[0]["client_name"] else None
+
+    session = wait_until(reported, 20, "the session in status")
+    assert isinstance(session, dict)
+    assert session["client_name"] == "TinTin++"
+    assert session["term"] == "xterm-256color"
+    assert session["mtts"] == 271
+    assert session["mtts_flags"] == ["ANSI", "VT100", "UTF-8", "256 colors", "truecolor"]
+    assert session["encoding"] == "UTF-8"
+    table = run_shardd("status", "--port", port).stdout
+    assert re.search(
+        r"^\s*0\s+\d+\s+127\.0\.0\.1:\d+\s.*xterm-256color\s+TinTin\+\+\s", table, re.M
+    ), table
 
 
 # ---------------------------------------------------------------- TinyFugue
