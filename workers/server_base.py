@@ -33,8 +33,8 @@ from workers.telnet.engine import (
 from workers.telnet.telopt import name_command, name_option
 
 _monotonic = time.monotonic
-# Linux's; not in the socket module on every platform
-TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+# Linux's; elsewhere delayed ACKs are left as they are
+TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 # Why reading from a client is paused, as bits of BaseServer._read_holds.
 _READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
@@ -248,7 +248,9 @@ class BaseServer(asyncio.Protocol):
         that needs no answer from us would otherwise wait 40 ms for its ACK,
         once per round trip of negotiation. Only while negotiating.
         """
-        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if TCP_QUICKACK is None or self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
