@@ -2,8 +2,9 @@
 # Install shardd into ./.venv from this checkout.
 #   deploy/install.sh          the server and its runtime dependencies
 #   deploy/install.sh --test   also everything the test suite needs, including
-#                              the Debian packages of the real telnet clients
-#                              and openssl (test certificates, s_client)
+#                              the Debian packages of the real telnet and MUD
+#                              clients the tests run as processes, and openssl
+#                              (test certificates, s_client)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -14,7 +15,8 @@ with_test=0
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl; do
+    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
+        tintin++ tf5 busybox putty-tools telnet-ssl; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

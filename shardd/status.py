@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from shardd import listeners
+from workers import ipc
+from workers.telnet.mtts import flag_names
 
 if TYPE_CHECKING:
     from shardd.supervisor import Supervisor, WorkerHandle
@@ -86,24 +88,28 @@ def _connection(
     now: float,
 ) -> dict[str, Any]:
     if entry is None:  # announced, not yet reported
-        entry = [session_id, 0, 0, connected_at, "negotiating", "", 0, 0, "", 0, ""]
-    _id, rx, tx, last_received, state, term, cols, rows, encoding, errors, tls = entry
+        entry = [session_id, 0, 0, connected_at, "negotiating", "", "", None, 0, 0, "", 0, ""]
+    fields = dict(zip(ipc.SESSION_FIELDS, entry, strict=True))
+    mtts = fields["mtts"]
     return {
         "shard": handle.shard,
         "worker_pid": handle.pid,
         "id": session_id,
         "peer": peer,
         "duration": round(max(0.0, now - connected_at), 3),
-        "idle": round(max(0.0, now - last_received), 3),
-        "rx_bytes": rx,
-        "tx_bytes": tx,
-        "term": term,
-        "cols": cols,
-        "rows": rows,
-        "encoding": encoding,
-        "state": state,
-        "protocol_errors": errors,
-        "tls": tls,
+        "idle": round(max(0.0, now - fields["last_received"]), 3),
+        "rx_bytes": fields["rx_bytes"],
+        "tx_bytes": fields["tx_bytes"],
+        "term": fields["term"],
+        "client_name": fields["client_name"],
+        "mtts": mtts,
+        "mtts_flags": [] if mtts is None else flag_names(mtts),
+        "cols": fields["cols"],
+        "rows": fields["rows"],
+        "encoding": fields["encoding"],
+        "state": fields["state"],
+        "protocol_errors": fields["protocol_errors"],
+        "tls": fields["tls"],
     }
 
 

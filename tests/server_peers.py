@@ -11,6 +11,8 @@ TTYPE, NAWS, NEW-ENVIRON, CHARSET, TSPEED and XDISPLOC as real clients do.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,6 +172,10 @@ class RawClient:
     def sockname(self) -> tuple[str, int]:
         return self.writer.get_extra_info("sockname")
 
+    def data_segments_in(self) -> int:
+        """TCP segments with data this client's socket has received (TCP_INFO)."""
+        return data_segments_in(self.writer.get_extra_info("socket"))
+
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
@@ -249,7 +255,10 @@ class EngineClient:
         xdisploc: str | None = None,
         accept_local: frozenset[int] | set[int] | None = None,
         accept_remote: frozenset[int] | set[int] | None = None,
+        ignore: frozenset[int] | set[int] = frozenset(),
     ) -> None:
+        """``ignore``: options whose subnegotiations it never answers, though it
+        agreed to them."""
         self.reader = reader
         self.writer = writer
         if ttypes is None:
@@ -260,10 +269,12 @@ class EngineClient:
         self.naws = naws
         self.tspeed = tspeed
         self.xdisploc = xdisploc
+        self.ignore = frozenset(ignore)
         local = self.DEFAULT_LOCAL if accept_local is None else accept_local
         remote = self.DEFAULT_REMOTE if accept_remote is None else accept_remote
         self.engine = TelnetEngine("client", accept_local=local, accept_remote=remote)
         self.inband = bytearray()
+        self.wire = bytearray()  # every byte received, commands included
         self.events: list[Any] = []
         self.subnegotiations: list[Subnegotiation] = []
         #: total wire length (IAC SB opt ... IAC SE) of each subnegotiation received
@@ -296,6 +307,7 @@ class EngineClient:
                 data = await self.reader.read(65536)
                 if not data:
                     break
+                self.wire += data
                 self.inband += self.engine.receive(data)
                 for event in self.engine.take_events():
                     self.events.append(event)
@@ -318,6 +330,8 @@ class EngineClient:
         self.subnegotiations.append(event)
         self.sb_wire_lengths.append((event.option, 5 + len(escape(event.payload))))
         opt, payload = event.option, event.payload
+        if opt in self.ignore:
+            return
         if opt == TTYPE and payload[:1] == bytes((SEND,)):
             value = self.ttype(self.ttype_requests)
             self.ttype_requests += 1
@@ -348,6 +362,14 @@ class EngineClient:
         """In-band data, IACs doubled."""
         self.writer.write(escape(data))
 
+    def commands_seen(self, command: int) -> int:
+        """How many IAC <command> (GA, EOR, ...) have arrived."""
+        return sum(1 for e in self.events if isinstance(e, Command) and e.cmd == command)
+
+    def data_segments_in(self) -> int:
+        """TCP segments with data this client's socket has received (TCP_INFO)."""
+        return data_segments_in(self.writer.get_extra_info("socket"))
+
     async def aclose(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
@@ -356,6 +378,17 @@ class EngineClient:
         except (ConnectionError, OSError):
             pass
         await asyncio.wait({self._task}, timeout=TIMEOUT)
+
+
+# struct tcp_info (linux/tcp.h): tcpi_data_segs_in is the u32 at byte 152 (Linux 4.6+)
+_DATA_SEGS_IN = struct.Struct("I")
+_DATA_SEGS_IN_OFFSET = 152
+
+
+def data_segments_in(sock: Any) -> int:
+    """Segments with data received on ``sock``: one per write of the peer's, on loopback."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(_DATA_SEGS_IN.unpack_from(info, _DATA_SEGS_IN_OFFSET)[0])
 
 
 def cmd(*codes: int) -> bytes:

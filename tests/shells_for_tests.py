@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import time
 from typing import Any
 
 from workers.shells import LineEditor
+from workers.telnet.telopt import ECHO, EOR, SGA
 
 #: the ``get_extra_info`` keys ``report`` sends back
 REPORTED_KEYS = (
@@ -26,6 +29,12 @@ REPORTED_KEYS = (
     "LINES",
     "ttype1",
     "ttype2",
+    "ttype3",
+    "client_name",
+    "mtts",
+    "CHARSET",
+    "CLIENT_NAME",
+    "MTTS",
     "tspeed",
     "xdisploc",
 )
@@ -43,6 +52,10 @@ def session_report(reader: Any, writer: Any) -> dict[str, Any]:
     report["tls_version"] = ssl_object.version() if ssl_object is not None else None
     cipher = writer.get_extra_info("cipher")
     report["cipher"] = cipher[0] if cipher else None
+    engine = writer.protocol.engine
+    report["server_echo"] = engine.local_enabled(ECHO)
+    report["server_sga"] = engine.local_enabled(SGA)
+    report["eor"] = engine.local_enabled(EOR)
     return report
 
 
@@ -50,33 +63,95 @@ def _write(writer: Any, text: str) -> None:
     writer.write(text if writer.encoding is not None else text.encode("utf-8"))
 
 
+#: how long the ``wait`` line of ``report`` takes to bring its news: the pace of
+#: the world the shell stands for, not a wait for the client
+LATER_DELAY = 0.5
+
+
 async def report(reader: Any, writer: Any) -> None:
     """``REPORT {json}`` now and whenever the line ``report`` is typed.
 
-    Any other line is answered ``You said: <line>``; ``quit`` ends the session.
+    The first report also says how long after connecting the shell started
+    (``shell_started_after``); later ones hold the line before (``last_line``).
+    Each report is also appended, a JSON line, to ``$SHARDD_REPORT_FILE`` if set.
+    The line ``wait`` gets a prompt, then ``LATER_DELAY`` later the news ``A bird
+    sings.`` and a prompt again, as a MUD's world goes on without its player: a
+    client that knows where prompts end shows it on its own line. Any other
+    line is answered ``You said: <line>``; ``quit`` ends the session. Every
+    prompt is marked (``end_prompt``).
     """
+    last_line: str | None = None
 
-    def send_report() -> None:
-        _write(
-            writer, REPORT_PREFIX + json.dumps(session_report(reader, writer), default=str) + "\r\n"
-        )
+    def send_report(**extra: Any) -> None:
+        seen = json.dumps({**session_report(reader, writer), **extra}, default=str)
+        _write(writer, REPORT_PREFIX + seen + "\r\n")
+        copy_to = os.environ.get("SHARDD_REPORT_FILE")
+        if copy_to:  # for clients that wrap or redraw what they show
+            with open(copy_to, "a") as copy:
+                copy.write(seen + "\n")
 
-    send_report()
+    async def prompt() -> None:
+        _write(writer, "> ")
+        writer.end_prompt()
+        await writer.drain()
+
+    send_report(shell_started_after=writer.protocol.duration)
     editor = LineEditor(reader, writer)
     while True:
-        _write(writer, "> ")
-        await writer.drain()
+        await prompt()
         line = await editor.readline()
         if line is None:
             return
         if line.strip() == "report":
-            send_report()
+            send_report(last_line=last_line)
+        elif line.strip() == "wait":
+            await prompt()
+            await asyncio.sleep(LATER_DELAY)
+            _write(writer, "A bird sings.\r\n")
         elif line.strip() == "quit":
             _write(writer, "Goodbye.\r\n")
             await writer.drain()
             return
         else:
             _write(writer, f"You said: {line}\r\n")
+        last_line = line
+
+
+async def modes(reader: Any, writer: Any) -> None:
+    """Character mode, then a hidden password, then line mode: what a BBS does.
+
+    In character mode every key is answered ``[k]`` as it comes, until Enter;
+    then ``Password:`` with the input hidden, answered ``Got N characters.``;
+    then lines, answered ``You said: <line>`` until ``quit``.
+    """
+    writer.set_mode("character")
+    _write(writer, "char mode> ")
+    writer.end_prompt()
+    while True:
+        key = await reader.read(1)
+        if not key:
+            return
+        if key in "\r\n":
+            break
+        _write(writer, f"[{key}]")
+    writer.set_mode("line")
+    writer.hide_input()
+    _write(writer, "\r\nPassword: ")
+    writer.end_prompt()
+    editor = LineEditor(reader, writer)
+    password = await editor.readline()
+    if password is None:
+        return
+    writer.show_input()
+    _write(writer, f"\r\nGot {len(password)} characters.\r\n")
+    while True:
+        _write(writer, "> ")
+        writer.end_prompt()
+        await writer.drain()
+        line = await editor.readline()
+        if line is None or line.strip() == "quit":
+            return
+        _write(writer, f"You said: {line}\r\n")
 
 
 # Shells that misbehave on purpose, for the load-test tool's failure kinds
@@ -138,3 +213,21 @@ async def spew(reader: Any, writer: Any) -> None:
     for _ in range(4096):
         writer.write(chunk)
         await asyncio.sleep(0)  # let the loop run, still without waiting for the client
+
+
+async def timed(reader: Any, writer: Any) -> None:
+    """Records how long after connect it started (``tests/time_to_shell.py``), then
+    reads until the client leaves. The record is a JSON line appended to the file
+    named by ``$SHARDD_TIMED_SHELL_LOG``."""
+    first = writer.get_extra_info("first_byte_at")
+    record = {
+        "after": writer.protocol.duration,
+        "after_first_byte": None if first is None else time.monotonic() - first,
+        "TERM": writer.get_extra_info("TERM"),
+        "encoding": writer.encoding,
+    }
+    with open(os.environ["SHARDD_TIMED_SHELL_LOG"], "a") as log:
+        log.write(json.dumps(record) + "\n")
+    _write(writer, "shell started\r\n")
+    while await reader.read(65536):
+        pass

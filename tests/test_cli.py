@@ -12,7 +12,8 @@ import time
 import pytest
 from conftest import connect, read_until, run_shardd
 
-IAC, DO, WONT, GA = 255, 253, 252, 249
+IAC, WILL, DO, WONT, GA = 255, 251, 253, 252, 249
+ECHO, SGA = 1, 3
 TTYPE = 24
 IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 
@@ -125,7 +126,9 @@ def test_encoding_false_starts_with_bytes_echo_shell(serve) -> None:
         sock.sendall(bytes((IAC, WONT, TTYPE)))
         sock.sendall(b"bytes \x80\xfe\xff\xff!")  # not text in any session encoding
         read_until(sock, b"!", got)
-    assert bytes(got) == IAC_DO_TTYPE + b"bytes \x80\xfe\xff\xff!"
+    # the echo shell works in character mode: it claims SGA and ECHO
+    claims = bytes((IAC, WILL, SGA, IAC, WILL, ECHO))
+    assert bytes(got) == IAC_DO_TTYPE + claims + b"bytes \x80\xfe\xff\xff!"
     assert server.proc.poll() is None
 
 

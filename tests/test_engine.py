@@ -1240,3 +1240,50 @@ def test_timing_mark_can_be_asked_for_again() -> None:
         assert server.take_events() == [OptionEnabled(TM, False)]
         assert not server.remote_enabled(TM)
         assert server.pending() == []
+
+
+def test_request_timing_mark_one_at_a_time_and_accept_set_untouched() -> None:
+    server = TelnetEngine(accept_remote={TTYPE})
+    accept = server._remote.accept
+    assert server.request_timing_mark()
+    assert server.data_to_send() == iac(DO, TM)
+    assert not server.request_timing_mark()  # one unanswered at a time
+    assert server.data_to_send() == b""
+    assert server._remote.accept is accept  # no set of its own for this session
+    for answer, event in (
+        (WONT, OptionDisabled(TM, False, True)),
+        (WILL, OptionEnabled(TM, False)),
+    ):
+        server.receive(iac(answer, TM))
+        assert server.take_events() == [event]
+        assert server.data_to_send() == b""  # a mark is not answered
+        assert server.remote_state(TM) == NO
+        assert server.request_timing_mark()  # and the next may go
+        server.data_to_send()
+
+
+def test_an_unasked_will_timing_mark_is_refused_not_a_mark() -> None:
+    server = TelnetEngine()
+    server.receive(iac(WILL, TM))
+    assert server.take_events() == []
+    assert server.data_to_send() == iac(DONT, TM)
+
+
+def test_heard_once_the_peer_sends_a_telnet_command() -> None:
+    engine = TelnetEngine()
+    engine.receive(b"plain text, and an escaped " + IAC_IAC + b" byte")
+    assert not engine.heard  # nc could send this
+    engine.receive(iac(NOP))
+    assert engine.heard
+    engine = TelnetEngine()
+    engine.receive(iac(WONT, TTYPE))
+    assert engine.heard
+
+
+def test_accept_sets_changed_alike_are_shared() -> None:
+    first, second = TelnetEngine(accept_local={BINARY}), TelnetEngine(accept_local={BINARY})
+    for engine in (first, second):
+        engine.accept_local(SGA)
+        engine.accept_local(ECHO)
+    assert first._local.accept == {BINARY, SGA, ECHO}
+    assert first._local.accept is second._local.accept

@@ -388,7 +388,7 @@ def test_inetutils_telnet_welcome_session(serve) -> None:
     try:
         child.expect(r"Terminal (\S+), window (\d+)x(\d+), encoding (\S+),")
         term, cols, rows, _encoding = child.match.groups()
-        assert term == "XTERM"  # inetutils telnet sends its TTYPE in upper case
+        assert term == "xterm"  # inetutils telnet sends XTERM: TERM is in lower case
         assert (cols, rows) == ("100", "40")
         child.expect_exact("> ")
 
@@ -399,7 +399,8 @@ def test_inetutils_telnet_welcome_session(serve) -> None:
         child.expect_exact("You said: second line\r\n")
         child.expect_exact("> ")
 
-        # the server echoes (WILL ECHO), so DEL is edited by the server's line editor
+        # line mode: telnet edits the line (here its terminal does: DEL erases)
+        # and sends it whole
         child.send("hellx\x7fo\r")
         child.expect_exact("You said: hello\r\n")
         child.expect_exact("> ")
@@ -430,9 +431,10 @@ def test_inetutils_telnet_report_and_window_resize(serve) -> None:
     try:
         child.expect(r"REPORT (\{.*?\})\r\n")
         seen = json.loads(child.match.group(1))
-        assert seen["term"] == "xterm"  # the key is lower case ...
-        assert seen["TERM"] == "XTERM"  # ... the raw value is as telnet sent it
+        assert seen["term"] == seen["TERM"] == "xterm"  # telnet sent XTERM
+        assert seen["ttype1"] == "XTERM"  # the raw value, as telnet sent it
         assert (seen["cols"], seen["rows"]) == (100, 40)
+        assert (seen["server_echo"], seen["server_sga"]) == (False, False)  # line mode
         child.expect_exact("> ")
 
         child.sendline("hello")
@@ -457,6 +459,36 @@ def test_inetutils_telnet_report_and_window_resize(serve) -> None:
     finally:
         child.close(force=True)
     assert server.proc.poll() is None
+
+
+def test_inetutils_telnet_character_mode_and_hidden_input_when_the_shell_asks(serve) -> None:
+    server = serve("--shell", "tests.shells_for_tests:modes")
+    child = _spawn_telnet(server.port, rows=24, cols=80)
+    try:
+        child.expect_exact("char mode> ")
+        # character mode (WILL SGA, WILL ECHO): each key reaches the shell at once
+        child.send("a")
+        child.expect_exact("[a]")
+        child.send("b")
+        child.expect_exact("[b]")
+        child.send("\r")
+        # a password prompt: WILL ECHO alone, so telnet shows nothing of what is typed
+        child.expect_exact("Password: ")
+        child.sendline("s3cr3t")
+        child.expect_exact("Got 6 characters.")
+        assert "s3cr3t" not in child.before, child.before
+        # back to line mode: telnet echoes, edits and sends the line itself
+        child.expect_exact("> ")
+        child.sendline("in line mode")
+        child.expect_exact("in line mode")  # telnet's own echo, before the reply
+        child.expect_exact("You said: in line mode\r\n")
+        child.sendline("quit")
+        child.expect_exact("Connection closed by foreign host")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert server.proc.poll() is None
+    assert_nothing_alarming(server)
 
 
 # ------------------------------------------------------------------- 3. nc -z
@@ -543,7 +575,7 @@ def test_plain_nc_gets_shell_after_connect_maxwait(serve) -> None:
         assert out.buf.startswith(IAC_DO_TTYPE + b"\r\nWelcome to shardd.\r\n"), out.buf
         assert banner - first >= 0.4, (first, banner)
         assert banner - started < 3.5, banner - started
-        assert b"Terminal UNKNOWN, window 80x25, encoding US-ASCII" in out.buf
+        assert b"Terminal unknown, window 80x25, encoding US-ASCII" in out.buf
         server.wait_for_log(r"negotiation incomplete after 0\.5s \(unanswered: DO TTYPE\)")
 
         before = len(out.buf)

@@ -596,16 +596,48 @@ async def test_telnet_server_force_binary_skips_binary_requirement(harness):
     await async_wait_until(lambda: "\u00e9".encode() in client.inband, TIMEOUT)
 
 
-async def test_telnet_server_without_force_binary_stays_ascii_when_refused(harness):
+async def test_telnet_server_agreed_charset_needs_no_binary(harness):
+    # a client that accepted CHARSET UTF-8 means UTF-8 both ways, BINARY or not
+    proto, run, client = await _negotiated(
+        harness,
+        accept_local=EngineClient.DEFAULT_LOCAL - {BINARY},
+        accept_remote={SGA, ECHO},
+        env={},
+        charset="UTF-8",
+    )
+    assert not proto._engine.local_enabled(BINARY) and not proto._engine.remote_enabled(BINARY)
+    assert proto.encoding(outgoing=True) == proto.encoding(incoming=True) == "UTF-8"
+    assert run.writer.encoding == run.reader.encoding == "UTF-8"
+    run.writer.write("h\u00e9llo \u2713 \u65e5\u672c")
+    await async_wait_until(
+        lambda: "h\u00e9llo \u2713 \u65e5\u672c".encode() in client.inband, TIMEOUT
+    )
+    client.send("\u00fc\u2713\r\n".encode())
+    assert await asyncio.wait_for(run.reader.readline(), TIMEOUT) == "\u00fc\u2713\r\n"
+
+
+async def test_telnet_server_lang_needs_no_binary(harness):
     proto, _run, _client = await _negotiated(
         harness,
         accept_local=EngineClient.DEFAULT_LOCAL - {BINARY},
         accept_remote={SGA, ECHO},
         env={"LANG": "en_US.UTF-8"},
-        charset="UTF-8",
+        charset=None,
+    )
+    assert proto.encoding(outgoing=True) == proto.encoding(incoming=True) == "UTF-8"
+
+
+async def test_telnet_server_stays_ascii_without_binary_or_a_charset(harness):
+    proto, run, _client = await _negotiated(
+        harness,
+        accept_local=EngineClient.DEFAULT_LOCAL - {BINARY},
+        accept_remote={SGA, ECHO},
+        env={},
+        charset=None,
     )
     assert proto.encoding(outgoing=True) == "US-ASCII"
     assert proto.encoding(incoming=True) == "US-ASCII"
+    assert run.writer.encoding == run.reader.encoding == "US-ASCII"
 
 
 # ------------------------------------------------------------------ duration, idle
@@ -849,8 +881,10 @@ async def test_telnet_server_extra_info_after_full_negotiation(harness):
         xdisploc="workstation:0",
     )
     info = run.writer.get_extra_info
-    assert info("TERM") == "Xterm-256color"
+    assert info("TERM") == "xterm-256color"  # the terminal type, in lower case
     assert info("term") == "xterm-256color"
+    assert info("client_name") is None  # a terminal, not a MUD client
+    assert info("mtts") is None
     assert info("cols") == 132
     assert info("rows") == 43
     assert info("charset") == "UTF-8"
@@ -962,8 +996,9 @@ async def test_environ_cannot_override_transport_or_protocol_keys(harness):
 
 
 async def test_unsolicited_negotiation_after_connect_is_answered(harness):
-    proto, _run, client = await _negotiated(harness)
-    assert proto._engine.local_enabled(SGA)
+    proto, run, client = await _negotiated(harness)
+    run.writer.set_mode("character")
+    await async_wait_until(lambda: proto._engine.local_enabled(SGA), TIMEOUT)
     marker = len(client.events)
     client.engine.request_remote(SGA, False)  # DONT SGA: the server stops
     client._flush()

@@ -227,6 +227,7 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
     info = protocol.get_extra_info
     writer = protocol.writer
     tls = info("ssl_object")  # on TLS sessions only, from their transport
+    mtts = info("mtts")
     return [
         session_id,
         protocol.rx_bytes,
@@ -234,6 +235,8 @@ def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
         protocol._last_received or 0.0,
         "shell" if protocol._waiter_connected.done() else "negotiating",
         str(info("TERM") or ""),
+        str(info("client_name") or ""),
+        None if mtts is None else _as_int(mtts),
         _as_int(info("cols", 0)),
         _as_int(info("rows", 0)),
         (writer.encoding or "binary") if writer is not None else "",

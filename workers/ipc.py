@@ -49,6 +49,8 @@ SESSION_FIELDS = (
     "last_received",
     "state",
     "term",
+    "client_name",
+    "mtts",
     "cols",
     "rows",
     "encoding",
@@ -59,6 +61,7 @@ SESSION_FIELDS = (
 MAX_COUNTERS = 64
 
 _NUMBER = (int, float)
+_NONE = type(None)
 _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     HELLO: {"pid": (int,), "shard": (int,)},
     HEARTBEAT: {"time": _NUMBER},
@@ -82,8 +85,10 @@ _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),
     (int,),
     _NUMBER,
-    (str,),
-    (str,),
+    (str,),  # state
+    (str,),  # term
+    (str,),  # client_name, "" when not a MUD client
+    (int, _NONE),  # mtts, None without MTTS
     (int,),
     (int,),
     (str,),

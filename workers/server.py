@@ -1,4 +1,4 @@
-"""TelnetServer: negotiates terminal type, window size, environment, charset, binary."""
+"""TelnetServer: negotiates terminal type, window size, environment, charset, binary, EOR."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import functools
 from typing import Any
 
 from workers.server_base import BaseServer
-from workers.telnet import options
+from workers.telnet import mtts, options
 from workers.telnet.charsets import Charsets
+from workers.telnet.engine import WANTYES
 from workers.telnet.telopt import (
     AYT,
     BINARY,
@@ -18,7 +19,6 @@ from workers.telnet.telopt import (
     CHARSET_TTABLE_IS,
     CHARSET_TTABLE_REJECTED,
     DO,
-    ECHO,
     ENV_USERVAR,
     ENV_VAR,
     EOR,
@@ -67,23 +67,63 @@ _MISSING = object()
 # Subnegotiation replies still owed to us, as bits of TelnetServer._awaiting.
 _AWAITING = {"ttype": 1, "environ": 2, "charset": 4, "naws": 8, "tspeed": 16, "xdisploc": 32}
 
+# The peer's options the shell waits for: they say who the client is, its window
+# and its encoding. (BINARY too, while it can still change the encoding.)
+_SETTLE_REMOTE = (TTYPE, NAWS, NEW_ENVIRON, CHARSET)
+
+# Values only the protocol sets: a client's NEW-ENVIRON variable of the same
+# name must not stand in for them.
+_OWN_KEYS = frozenset({"client_name", "mtts"})
+
+# NEW-ENVIRON variables that say who the client is (MNES, the MUD convention)
+_IDENTITY_VARS = frozenset({"TERM", "TERMINAL_TYPE", "CLIENT_NAME", "MTTS"})
+
 
 class TelnetServer(BaseServer):
-    """Telnet server protocol negotiating what real clients support."""
+    """Telnet server protocol negotiating what real clients support.
+
+    The shell starts once the options that describe the client are settled
+    (terminal type cycle, window size, environment, charset, and BINARY while
+    it can still change the encoding), or once the client has shown it will
+    not answer them: requests are followed by a DO TIMING-MARK, which a
+    client answers only after what it received before it (RFC 860). A
+    request (DO, WILL) still unanswered then never will be (TinTin++ leaves
+    DO BINARY so). Some clients answer subnegotiations after the commands of
+    the same segment (as our own engine does), so a subnegotiation reply is
+    given up only once two marks in a row came back without it. Other options
+    (EOR, BINARY when a charset is agreed) settle in the background.
+
+    The server claims neither ECHO nor SGA: clients stay in line mode until
+    the shell asks for more (``writer.set_mode``, ``writer.hide_input``).
+    """
 
     TTYPE_LOOPMAX = 8
+    #: TTYPE SENDs asked at once: a MUD client's name, terminal type and MTTS
+    #: (the end of its cycle) in one round trip; a terminal's repeated type too
+    TTYPE_PIPELINE = 3
+    #: DO TIMING-MARKs sent while negotiating, at most
+    MAX_MARKS = 4
 
     __slots__ = (
         "_awaiting",
         "_charset",
         "_environ",
+        "_environ_charset",
         "_environ_replies_due",
         "_lang_charset",
+        "_mark_covers",
+        "_mark_out",
+        "_marks",
+        "_mtts_charset",
         "_naws_seen",
+        "_ttype_asked",
+        "_ttype_done",
+        "_ttype_term",
         "_ttypes",
+        "_unanswered",
     )
 
-    accept_local = frozenset({SGA, ECHO, BINARY, EOR, STATUS, TM})
+    accept_local = frozenset({BINARY, EOR, STATUS, TM})
     accept_remote = frozenset(
         {TTYPE, NAWS, NEW_ENVIRON, CHARSET, BINARY, TSPEED, XDISPLOC, EOR, SGA}
     )
@@ -92,9 +132,12 @@ class TelnetServer(BaseServer):
         self, *args: Any, term: str = "unknown", cols: int = 80, rows: int = 25, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
-        # 'term' is TERM in lower case, derived when asked for
-        self._extra.update({"TERM": term.upper(), "cols": cols, "rows": rows})
+        # TERM is the terminal type in lower case; 'term' is kept as its alias
+        self._extra.update({"TERM": term.lower(), "cols": cols, "rows": rows})
         self._ttypes: list[str] = []
+        self._ttype_asked = 0  # TTYPE SENDs not yet answered
+        self._ttype_done = False
+        self._ttype_term: str | None = None  # the terminal type the TTYPE cycle named
         self._awaiting = 0  # bits of _AWAITING
         self._environ_replies_due = 0
         self._charset: str | None = None
@@ -102,7 +145,13 @@ class TelnetServer(BaseServer):
         # override what the server knows itself (peername, cols, ...).
         self._environ: dict[str, str] = {}
         self._lang_charset: str | None = None  # from LANG, once allowed
+        self._environ_charset: str | None = None  # from NEW-ENVIRON CHARSET, once allowed
+        self._mtts_charset: str | None = None  # UTF-8, when MTTS says so and it is allowed
         self._naws_seen = False
+        self._marks = 0  # DO TIMING-MARKs sent
+        self._mark_out = False  # one of them is unanswered
+        self._mark_covers = 0  # replies owed when it was sent, and not answered since
+        self._unanswered = 0  # replies owed when the last mark came back, and not since
 
     # ------------------------------------------------------------ negotiation
 
@@ -113,47 +162,112 @@ class TelnetServer(BaseServer):
     def begin_advanced_negotiation(self) -> None:
         super().begin_advanced_negotiation()
         engine = self._engine
-        engine.request_local(SGA)
-        engine.request_local(ECHO)
+        engine.request_local(EOR)  # to mark prompts (writer.end_prompt)
         engine.request_local(BINARY)
         engine.request_remote(BINARY)
         engine.request_remote(NAWS)
         engine.request_remote(NEW_ENVIRON)
         engine.request_remote(CHARSET)
+        # a shell that declares character mode (writer.starts_in) has it claimed
+        # now, with the rest, rather than a round trip after it starts
+        if getattr(self.shell, "telnet_mode", "line") == "character" and self.writer is not None:
+            self.writer.set_mode("character", send=False)
+        self._mark()
 
     def check_negotiation(self, final: bool = False) -> bool:
         parent = super().check_negotiation(final)
-        if not parent or self._awaiting:
+        if not self._advanced and self._acknowledged:
             return False
-        # A client that agreed to TTYPE will also be asked for the rest: wait
-        # until advanced negotiation has at least been sent.
-        return self._advanced or not self._acknowledged
+        if self._awaiting or (not parent and self._options_unsettled()):
+            if not final:
+                self._mark()
+            return False
+        return True
+
+    def _options_unsettled(self) -> bool:
+        """Whether a request that matters to the shell may still be answered."""
+        if self._marks - self._mark_out:
+            # a mark sent after every option request came back: the client
+            # answered all of them it was going to
+            return False
+        engine = self._engine
+        if any(engine.remote_state(opt) == WANTYES for opt in _SETTLE_REMOTE):
+            return True
+        return self._binary_matters() and WANTYES in (
+            engine.local_state(BINARY),
+            engine.remote_state(BINARY),
+        )
+
+    def _mark(self) -> None:
+        """Follow what was asked so far with a DO TIMING-MARK, unless one is out."""
+        if not self._advanced or self._mark_out or self._marks >= self.MAX_MARKS:
+            return
+        if self._engine.request_timing_mark():
+            self._marks += 1
+            self._mark_out = True
+            self._mark_covers = self._awaiting
+
+    def _mark_answered(self) -> None:
+        self._mark_out = False
+        still = self._mark_covers & self._awaiting
+        given_up = still & self._unanswered
+        self._unanswered = still & ~given_up
+        self._mark_covers = 0
+        if not given_up or self._waiter_connected.done():
+            return
+        self.log.debug(
+            "%s: no reply to %s before the timing mark; going on without",
+            self.peer,
+            ", ".join(key for key, bit in _AWAITING.items() if given_up & bit),
+        )
+        self._awaiting &= ~given_up
+        if given_up & _AWAITING["ttype"]:
+            self._end_ttype_cycle()
+
+    def _binary_matters(self) -> bool:
+        """Whether BINARY can still change this session's encoding."""
+        if self.default_encoding is False or self.force_binary or self._agreed_charset():
+            return False
+        return options.python_codec(super().encoding()) != "ascii"
+
+    def _agreed_charset(self) -> str | None:
+        """The charset the client asked for, one way or another, if allowed."""
+        return self._lang_charset or self._charset or self._environ_charset or self._mtts_charset
 
     def encoding(self, outgoing: bool = False, incoming: bool = False) -> str:
         """Encoding for the direction(s) indicated.
 
-        US-ASCII unless BINARY is on in every direction asked about (or
-        ``force_binary``); then LANG from NEW-ENVIRON, the negotiated CHARSET,
-        or the encoding given to the initializer, in that order.
+        The charset the client agreed to, in both directions and without
+        BINARY: LANG from NEW-ENVIRON, then the negotiated CHARSET, then
+        NEW-ENVIRON CHARSET, then UTF-8 if MTTS says the client has it. Without
+        one, the encoding given to the initializer once BINARY is on in every
+        direction asked about (or with ``force_binary``), else US-ASCII.
         """
+        agreed = self._agreed_charset()
+        if agreed:
+            return agreed
         engine = self._engine
         if not self.force_binary and (
             (outgoing and not engine.local_enabled(BINARY))
             or (incoming and not engine.remote_enabled(BINARY))
         ):
             return "US-ASCII"
-        if self._lang_charset:
-            return self._lang_charset
-        if self._charset:
-            return self._charset
         return super().encoding(outgoing, incoming)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """The protocol's own values, then the transport's, then NEW-ENVIRON variables."""
-        # the protocol's own values first: status reports read three per session
+        """The protocol's own values, then the transport's, then NEW-ENVIRON variables.
+
+        Besides ``TERM`` (the terminal type, lower case), ``cols``, ``rows`` and
+        ``charset``: ``client_name`` (a MUD client's name, from its TTYPE cycle
+        or NEW-ENVIRON CLIENT_NAME), ``mtts`` (its :class:`~workers.telnet.mtts.Mtts`
+        flags) and ``ttype1``..``ttypeN`` (the TTYPE replies as sent).
+        """
+        # the protocol's own values first: status reports read several per session
         value = self._extra.get(name, _MISSING)
         if value is not _MISSING:
             return value
+        if name in _OWN_KEYS:
+            return default
         if name == "charset":
             return self.encoding(incoming=True)
         if name == "term":
@@ -177,6 +291,42 @@ class TelnetServer(BaseServer):
         if outgoing != self.writer.encoding:
             self.writer.set_encoding(outgoing)
 
+    # --------------------------------------------------------------- identity
+
+    def _identify(self) -> None:
+        """client_name, mtts and TERM once the TTYPE cycle is over."""
+        identity = mtts.identify(self._ttypes)
+        self._ttype_term = identity.terminal
+        if identity.client_name and not self._environ.get("CLIENT_NAME"):
+            self._extra["client_name"] = identity.client_name
+        if identity.mtts is not None:
+            self._set_mtts(identity.mtts)  # over NEW-ENVIRON MTTS: the convention's home
+        self._update_term()
+
+    def _environ_identity(self, names: set[str]) -> None:
+        """NEW-ENVIRON variables that name the client (MNES), and TERM."""
+        env = self._environ
+        if "CLIENT_NAME" in names and env["CLIENT_NAME"]:
+            self._extra["client_name"] = env["CLIENT_NAME"]
+        if "MTTS" in names and "mtts" not in self._extra:
+            bits = mtts.parse_mtts("MTTS " + env["MTTS"])
+            if bits is not None:
+                self._set_mtts(bits)
+        if "TERM" in names or "TERMINAL_TYPE" in names:
+            self._update_term()
+
+    def _set_mtts(self, bits: int) -> None:
+        self._extra["mtts"] = mtts.Mtts(bits)
+        if bits & mtts.Mtts.UTF8 and self.limits.charsets.codec("UTF-8"):
+            self._mtts_charset = "UTF-8"
+            self._update_codecs()
+
+    def _update_term(self) -> None:
+        env = self._environ
+        term = env.get("TERM") or env.get("TERMINAL_TYPE") or self._ttype_term
+        if term:
+            self._extra["TERM"] = term.lower()
+
     # ----------------------------------------------------------------- events
 
     def on_option_enabled(self, option: int, local: bool) -> None:
@@ -184,8 +334,10 @@ class TelnetServer(BaseServer):
             self._update_codecs()
         elif local:
             return
+        elif option == TM:
+            self._mark_answered()
         elif option == TTYPE:
-            self._request_value(TTYPE, "ttype")
+            self._ask_ttype(min(self.TTYPE_PIPELINE, self.TTYPE_LOOPMAX))
         elif option == NEW_ENVIRON:
             for payload in _ENVIRON_SEND:
                 self._engine.send_subnegotiation(NEW_ENVIRON, payload)
@@ -210,6 +362,13 @@ class TelnetServer(BaseServer):
 
     def _received_reply(self, key: str) -> None:
         self._awaiting &= ~_AWAITING[key]
+        self._replying(key)
+
+    def _replying(self, key: str) -> None:
+        """The client answers ``key``: marks sent before say nothing about what is asked next."""
+        bit = _AWAITING[key]
+        self._mark_covers &= ~bit
+        self._unanswered &= ~bit
 
     def _request_value(self, option: int, key: str) -> None:
         self._engine.send_subnegotiation(option, options.send_request())
@@ -218,9 +377,14 @@ class TelnetServer(BaseServer):
     def on_option_disabled(self, option: int, local: bool, refused: bool) -> None:
         if option == BINARY:
             self._update_codecs()
-        if not local:
+        if local:
+            return
+        if option == TM:
+            self._mark_answered()
+        elif option == TTYPE:
+            self._end_ttype_cycle()
+        else:
             for key, opt in (
-                ("ttype", TTYPE),
                 ("tspeed", TSPEED),
                 ("xdisploc", XDISPLOC),
                 ("naws", NAWS),
@@ -248,26 +412,40 @@ class TelnetServer(BaseServer):
                 "bad %s subnegotiation: %s (%r)", name_option(option), exc, payload[:64]
             )
 
-    def _on_ttype(self, payload: bytes) -> None:
-        if not self._awaiting & _AWAITING["ttype"]:
-            # the cycle is over (or was never asked for): keeping more would let
-            # a client grow the list without bound
-            raise ValueError("TTYPE IS that was not asked for")
-        value = options.parse_is(payload)[: self.limits.max_value_length]
-        if self._ttypes and value == self._ttypes[-1]:
-            value = self._ttypes[-1]  # the usual end of a cycle: keep one copy
-        self._ttypes.append(value)
-        n = len(self._ttypes)
-        if n == 1 and "TERM" not in self._environ:
-            self._set_term(value)
-        repeated = n > 1 and value in (self._ttypes[0], self._ttypes[-2])
-        if repeated or n >= self.TTYPE_LOOPMAX:
-            self._received_reply("ttype")
-        else:
+    def _ask_ttype(self, count: int) -> None:
+        for _ in range(count):
             self._engine.send_subnegotiation(TTYPE, options.send_request())
+        self._ttype_asked += count
+        self._await("ttype")
 
-    def _set_term(self, value: str) -> None:
-        self._extra["TERM"] = value
+    def _on_ttype(self, payload: bytes) -> None:
+        if not self._ttype_asked:
+            # keeping more would let a client grow the list without bound
+            raise ValueError("TTYPE IS that was not asked for")
+        self._ttype_asked -= 1
+        self._replying("ttype")
+        value = options.parse_is(payload)[: self.limits.max_value_length]
+        if self._ttype_done:
+            return  # the answer to a SEND asked with others before the cycle ended
+        ttypes = self._ttypes
+        if ttypes and value == ttypes[-1]:
+            value = ttypes[-1]  # the usual end of a cycle: keep one copy
+        ttypes.append(value)
+        if len(ttypes) == 1:
+            # until the cycle says more (a MUD client sends its name first)
+            self._ttype_term = value
+            self._update_term()
+        if mtts.cycle_ended(ttypes) or len(ttypes) >= self.TTYPE_LOOPMAX:
+            self._end_ttype_cycle()
+        elif not self._ttype_asked:
+            self._ask_ttype(1)
+
+    def _end_ttype_cycle(self) -> None:
+        if self._ttype_done:
+            return
+        self._ttype_done = True
+        self._received_reply("ttype")
+        self._identify()
 
     def _on_naws(self, payload: bytes) -> None:
         cols, rows = options.parse_naws(payload)
@@ -285,12 +463,14 @@ class TelnetServer(BaseServer):
             raise ValueError("a client may not ask the server for its environment")
         if verb == IS and self._environ_replies_due:
             self._environ_replies_due -= 1
+            self._replying("environ")
             if not self._environ_replies_due:
                 self._received_reply("environ")
         kept = self._environ
         limits = self.limits
         size = sum(len(name) + len(value) for name, value in kept.items())
         dropped = 0
+        identity: set[str] = set()
         for _kind, name, value in items:
             if not name or value is None:
                 continue
@@ -302,12 +482,16 @@ class TelnetServer(BaseServer):
                 continue
             kept[name] = value
             size += grows
-            if name == "TERM" and value:
-                self._set_term(value)
+            if name in _IDENTITY_VARS:
+                identity.add(name)
             elif name in ("COLUMNS", "LINES") and value.isdigit() and not self._naws_seen:
                 self._extra["cols" if name == "COLUMNS" else "rows"] = int(value)
             elif name == "LANG":
                 self._choose_lang(value)
+            elif name == "CHARSET":
+                self._choose_environ_charset(value)
+        if identity:
+            self._environ_identity(identity)
         if dropped:
             self.protocol_warning(
                 "NEW-ENVIRON: %d variables dropped, past %d variables or %d bytes",
@@ -324,6 +508,16 @@ class TelnetServer(BaseServer):
             self.protocol_warning("refused charset %r of NEW-ENVIRON LANG", charset[:64])
             return
         self._lang_charset = charset
+        self._update_codecs()
+
+    def _choose_environ_charset(self, charset: str) -> None:
+        # MNES: MUD clients (TinTin++, Mudlet) name their charset this way
+        if not charset:
+            return
+        if self.limits.charsets.codec(charset) is None:
+            self.protocol_warning("refused charset %r of NEW-ENVIRON CHARSET", charset[:64])
+            return
+        self._environ_charset = charset
         self._update_codecs()
 
     def _on_charset(self, payload: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import traceback
 from collections import Counter
@@ -32,6 +33,8 @@ from workers.telnet.engine import (
 from workers.telnet.telopt import name_command, name_option
 
 _monotonic = time.monotonic
+# Linux's; elsewhere delayed ACKs are left as they are
+TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 # Why reading from a client is paused, as bits of BaseServer._read_holds.
 _READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
@@ -46,6 +49,11 @@ OVERFLOW_GRACE_SECONDS = 5.0
 # How long a shell may go on after its connection is lost before it is cancelled:
 # enough to see EOF and clean up, not enough to leak a task per lost connection.
 SHELL_GRACE_SECONDS = 1.0
+
+# Output queued in one loop turn past this is written at once rather than at the
+# turn's end: a shell that writes without yielding still meets backpressure
+# (uvloop's high-water mark is 64 KiB).
+QUEUE_FLUSH_AT = 2**16
 
 
 _NO_EXTRA: dict[str, Any] = {}
@@ -86,6 +94,7 @@ class BaseServer(asyncio.Protocol):
         "_limit",
         "_loop",
         "_lost",
+        "_queued",
         "_read_holds",
         "_shell_task",
         "_transport",
@@ -158,6 +167,8 @@ class BaseServer(asyncio.Protocol):
         #: the transport's write buffer is over its high-water mark
         self.writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
+        # what was written in this loop turn, sent at its end in one write
+        self._queued: bytes | bytearray | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0
         #: malformed or refused input from this client, as warned about
@@ -224,7 +235,27 @@ class BaseServer(asyncio.Protocol):
         if engine.parser_state == DATA and b"\xff" not in data:
             self.reader.feed_data(data)  # type: ignore[union-attr]
             return
+        sent = self.tx_bytes
         self._parse(data)
+        if self.tx_bytes == sent and not self._waiter_connected.done():
+            self._ack_now()  # (an answer would have carried the ACK)
+
+    def _ack_now(self) -> None:
+        """Acknowledge what was received at once, not after the delayed-ACK timer.
+
+        Clients that leave Nagle's algorithm on (TinTin++, TinyFugue) send
+        their first reply and hold the rest until it is acknowledged; a reply
+        that needs no answer from us would otherwise wait 40 ms for its ACK,
+        once per round trip of negotiation. Only while negotiating.
+        """
+        if TCP_QUICKACK is None or self._transport is None:
+            return
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+            except OSError:
+                pass
 
     def _parse(self, data: bytes) -> None:
         engine = self._engine
@@ -257,6 +288,7 @@ class BaseServer(asyncio.Protocol):
         if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
             self.log.debug("%s: EOF received, closing", self.peer)
         self.reader.feed_eof()  # type: ignore[union-attr]
+        self.flush_output()
         self._transport.close()  # type: ignore[union-attr]
         return False
 
@@ -268,6 +300,7 @@ class BaseServer(asyncio.Protocol):
         if self._lost:
             return
         self._lost = self.closed = True
+        self._queued = None
         if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
             self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
@@ -337,6 +370,7 @@ class BaseServer(asyncio.Protocol):
             size,
             limit,
         )
+        self._queued = None
         transport.write(OVERFLOW_GOODBYE)
         self.closed = True  # later writes are dropped, and drain() raises
         transport.close()
@@ -368,18 +402,55 @@ class BaseServer(asyncio.Protocol):
     # ----------------------------------------------------------------- output
 
     def _send(self, data: bytes) -> None:
-        """Write bytes already escaped for the wire."""
+        """Write bytes already escaped for the wire: now, or after what is queued."""
         if self.closed:
             return
         self.tx_bytes += len(data)
+        if self._queued is not None:
+            self.queue(data)
+            return
         self._transport.write(data)  # type: ignore[union-attr]
         if self.writing_paused:
             self.check_output()
 
     def flush(self) -> None:
-        """Send what the engine has queued (replies, requests)."""
+        """Send what the engine has queued (replies, requests), after the shell's output."""
         if self._engine.has_output:
             self._send(self._engine.data_to_send())
+
+    def queue(self, data: bytes) -> None:
+        """Bytes already escaped for the wire, sent at the end of this loop turn.
+
+        Everything queued in one turn goes out in one write, so a shell's
+        prompt and its IAC EOR, or a line's echo, share one TCP segment. The
+        caller counts ``tx_bytes``.
+        """
+        queued = self._queued
+        if queued is None:
+            if len(data) >= QUEUE_FLUSH_AT:
+                self._queued = data
+                self.flush_output()
+                return
+            self._queued = data
+            self._loop.call_soon(self.flush_output)
+            return
+        if type(queued) is not bytearray:
+            queued = self._queued = bytearray(queued)
+        queued += data
+        if len(queued) >= QUEUE_FLUSH_AT:
+            self.flush_output()
+
+    def flush_output(self) -> None:
+        """Write what was queued in this loop turn now, rather than at its end."""
+        queued = self._queued
+        if queued is None:
+            return
+        self._queued = None
+        if self.closed:
+            return
+        self._transport.write(queued)  # type: ignore[union-attr]
+        if self.writing_paused:
+            self.check_output()
 
     # ------------------------------------------------------------ properties
 
@@ -486,6 +557,7 @@ class BaseServer(asyncio.Protocol):
             return
         if self.check_negotiation(final=False):
             self._negotiation_done()
+        self.flush()
 
     def _negotiation_deadline(self) -> None:
         self._check_later = None
@@ -528,9 +600,10 @@ class BaseServer(asyncio.Protocol):
                 self.on_command(event.cmd)
             else:  # ProtocolError
                 self.protocol_warning("%s", event.reason)
-        self.flush()
         if not self._waiter_connected.done() and not self.closed:
             self._negotiation_progress()
+        # after the check: a check may ask for more (TelnetServer's timing marks)
+        self.flush()
 
     def on_option_enabled(self, option: int, local: bool) -> None:
         """An option is now on (``local``: we perform it). For subclasses."""
@@ -554,6 +627,9 @@ class BaseServer(asyncio.Protocol):
         """Start the shell once negotiation is over (a done callback)."""
         if future.cancelled() or self.closed or self.shell is None:
             return
+        mode = getattr(self.shell, "telnet_mode", None)  # workers.stream_writer.starts_in
+        if mode is not None and self.writer is not None and self.writer.mode != mode:
+            self.writer.set_mode(mode)
         try:
             result = self.shell(self.reader, self.writer)
         except Exception as exc:  # a plain function: it failed before it began
@@ -586,4 +662,5 @@ class BaseServer(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self.flush_output()
             self._transport.close()

@@ -156,6 +156,7 @@ class Sessions:
         transport still sends what it holds."""
         for protocol in list(sessions or self.live):
             if protocol._transport is not None:
+                protocol.flush_output()  # the goodbye written in this loop turn
                 protocol._transport.close()
 
     def abort_all(self) -> None:

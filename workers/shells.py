@@ -1,7 +1,9 @@
 """Built-in shells, and resolving ``--shell`` values to callables.
 
 A shell is ``async def shell(reader, writer)``, as in telnetlib3: it starts
-when negotiation ends and the session closes when it returns.
+when negotiation ends and the session closes when it returns. Each built-in
+shell states its mode (see :mod:`workers.stream_writer`): ``welcome`` works in
+line mode, ``echo`` in character mode.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ from typing import Any
 
 from workers import loader
 from workers.stream_reader import TelnetReader
-from workers.stream_writer import TelnetWriter
+from workers.stream_writer import TelnetWriter, starts_in
+from workers.telnet import mtts
 
 ECHO_READ_SIZE = 2**16
 MAX_LINE = 4096
 _BACKSPACES = ("\x7f", "\x08")
 
 
+@starts_in("character")
 async def echo(reader: TelnetReader, writer: TelnetWriter) -> None:
-    """Send back whatever arrives, unchanged: the load-test shell."""
+    """Send back whatever arrives, unchanged: the load-test shell.
+
+    Character mode: the client sends keys as they are typed and shows only
+    what comes back, so a person sees each key once. (Declared, so that it is
+    claimed with the rest of negotiation.)
+    """
     # (no locals caching reader.read & co: three bound methods per idle session
     # cost more memory than the lookups cost time)
     while True:
@@ -42,10 +51,13 @@ async def echo(reader: TelnetReader, writer: TelnetWriter) -> None:
 
 
 class LineEditor:
-    """Reads lines of text, echoing keystrokes when we agreed to echo (WILL ECHO).
+    """Reads lines of text, echoing keystrokes when the server echoes (character
+    mode, input not hidden: ``writer.echo``).
 
     Handles backspace/DEL and every line end (CR LF, CR NUL, CR, LF), also when
-    a CR and its LF or NUL arrive in different segments.
+    a CR and its LF or NUL arrive in different segments. Echoes go out with what
+    the shell writes next in the same loop turn: a line that arrived in one
+    segment is echoed in one.
     """
 
     def __init__(self, reader: TelnetReader, writer: TelnetWriter) -> None:
@@ -94,17 +106,25 @@ class LineEditor:
 def _encode(writer: TelnetWriter, text: str) -> bytes:
     """Text in the session's current encoding; what it cannot carry becomes '?'.
 
-    A session without BINARY is US-ASCII, and its user may still type
-    anything: the shell must not die writing back what it was sent.
+    A session whose client named no charset and refused BINARY (nc, busybox
+    telnet) is US-ASCII, and its user may still type anything: the shell must
+    not die writing back what it was sent.
     """
     return text.encode(writer.encoding or "latin-1", "replace")
 
 
 async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
-    """The default shell: a banner describing the session, then a line echo."""
+    """The default shell: a banner describing the session, then a line echo.
+
+    Line mode: the client edits and echoes each line itself (MUD clients keep
+    their aliases and history); every prompt is marked (``end_prompt``).
+    """
+    writer.set_mode("line")  # the default; said here for whoever copies this shell
     info = writer.get_extra_info
     shard = info("shard")
     encoding = writer.encoding or "binary"
+    client = info("client_name")
+    flags = info("mtts")
 
     def say(text: str) -> None:
         writer.write(_encode(writer, text))
@@ -114,12 +134,15 @@ async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
         f"Terminal {info('TERM')}, window {info('cols')}x{info('rows')}, "
         f"encoding {encoding}, worker pid {os.getpid()}, "
         f"shard {'-' if shard is None else shard}.\r\n"
-        "Type a line to hear it back; 'quit' ends the session.\r\n"
     )
+    if client:
+        said = f" ({', '.join(mtts.flag_names(flags))})" if flags else ""
+        say(f"Client {client}{said}.\r\n")
+    say("Type a line to hear it back; 'quit' ends the session.\r\n")
     editor = LineEditor(reader, writer)
     while True:
         say("> ")
-        writer.send_ga()
+        writer.end_prompt()
         await writer.drain()
         try:
             line = await editor.readline()

@@ -1,16 +1,44 @@
-"""The writer a shell gets: ``write``, ``drain``, ``close`` and the telnet extras."""
+"""The writer a shell gets: ``write``, ``drain``, ``close`` and the telnet extras.
+
+Telnet terms for what a shell chooses (RFC 857, 858): in **line mode** (the
+default) the server claims neither ECHO nor SGA, so the client edits a line
+and echoes it itself, and sends it whole on Enter; MUD clients keep their
+aliases, ``;`` and history. In **character mode** the server claims SGA and
+ECHO: the client sends each key as it is typed and shows only what the server
+echoes. ``hide_input`` claims ECHO alone and echoes nothing: a password prompt.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from workers.telnet.engine import escape
-from workers.telnet.telopt import DO, DONT, ECHO, GA, IAC_BYTE, SGA, WILL, WONT
+from workers.telnet.telopt import DO, DONT, ECHO, EOR, EOR_CMD, GA, IAC, IAC_BYTE, SGA, WILL, WONT
 
 if TYPE_CHECKING:
     from workers.server_base import BaseServer
+
+Mode = Literal["line", "character"]
+_ShellT = TypeVar("_ShellT", bound=Callable[..., Any])
+
+
+def starts_in(mode: Mode) -> Callable[[_ShellT], _ShellT]:
+    """Declare the mode a shell starts in (a decorator).
+
+    ``TelnetServer`` then claims it with the rest of negotiation, so the
+    shell's first output does not wait on a round trip, as it would after a
+    ``writer.set_mode`` at its start. Read as the shell's ``telnet_mode``.
+    """
+    if mode not in ("line", "character"):
+        raise ValueError(f"mode must be 'line' or 'character', not {mode!r}")
+
+    def declare(shell: _ShellT) -> _ShellT:
+        shell.telnet_mode = mode  # type: ignore[attr-defined]
+        return shell
+
+    return declare
 
 
 class TelnetWriter:
@@ -19,7 +47,7 @@ class TelnetWriter:
     ``encoding=None`` gives a bytes writer, which refuses ``str``.
     """
 
-    __slots__ = ("_errors", "_protocol", "_transport", "encoding")
+    __slots__ = ("_errors", "_hidden", "_mode", "_protocol", "_transport", "encoding")
 
     def __init__(
         self,
@@ -33,6 +61,8 @@ class TelnetWriter:
         self._protocol = protocol
         self._errors = encoding_errors
         self.encoding = encoding
+        self._mode: Mode = "line"
+        self._hidden = False
 
     def set_encoding(self, encoding: str | None) -> None:
         """Encode ``str`` with ``encoding`` from now on."""
@@ -49,31 +79,128 @@ class TelnetWriter:
         return self._protocol
 
     def write(self, data: str | bytes) -> None:
-        """Send in-band data: ``str`` is encoded, every IAC byte doubled."""
+        """Send in-band data: ``str`` is encoded, every IAC byte doubled.
+
+        What is written in one turn of the event loop goes out in one write
+        at its end (``drain`` and ``close`` do not lose it).
+        """
         if isinstance(data, str):
             if self.encoding is None:
                 raise TypeError("this session has no encoding: write bytes, not str")
             data = data.encode(self.encoding, self._errors)
         if IAC_BYTE in data:
             data = escape(data)
-        protocol = self._protocol  # BaseServer._send, inlined: this is the hot path
+        protocol = self._protocol
         if not protocol.closed:
             protocol.tx_bytes += len(data)
-            self._transport.write(data)
-            if protocol.writing_paused:
-                protocol.check_output()
+            protocol.queue(data)
 
     def writelines(self, lines: Iterable[str | bytes]) -> None:
         for line in lines:
             self.write(line)
 
     def echo(self, data: str | bytes) -> None:
-        """Write ``data`` only if we agreed to echo the client's input (WILL ECHO)."""
-        if self._protocol.engine.local_enabled(ECHO):
+        """Write ``data`` only if the server echoes the client's input: ECHO is
+        on (character mode) and the input is not hidden."""
+        if not self._hidden and self._protocol.engine.local_enabled(ECHO):
             self.write(data)
 
+    # ------------------------------------------------------------- modes
+
+    @property
+    def mode(self) -> Mode:
+        """``"line"`` (the default) or ``"character"``: what the shell asked for."""
+        return self._mode
+
+    @property
+    def input_hidden(self) -> bool:
+        """Whether ``hide_input`` is in force."""
+        return self._hidden
+
+    def set_mode(self, mode: Mode, *, send: bool = True) -> None:
+        """Switch to ``"character"`` mode (BBS menus, full-screen programs) or
+        back to ``"line"`` mode.
+
+        Character mode claims SGA and ECHO (WILL SGA, WILL ECHO): the client
+        sends every key at once and echoes nothing, so the shell echoes what it
+        wants shown (``echo``). Line mode withdraws them (WONT), unless input is
+        hidden. The client answers later; until then a few keys may come the
+        old way. A client that has sent no telnet command (nc) is not told.
+        (``send=False``, for protocols: the requests wait in the engine, to go
+        out with the protocol's own.)
+        """
+        if mode not in ("line", "character"):
+            raise ValueError(f"mode must be 'line' or 'character', not {mode!r}")
+        self._mode = mode
+        character = mode == "character"
+        self._claim(SGA, character)
+        self._claim(ECHO, character or self._hidden)
+        if send:
+            self._send_requests()
+
+    def hide_input(self) -> None:
+        """Stop the client showing what is typed: for password prompts.
+
+        The server claims ECHO (WILL ECHO), so the client stops echoing, and
+        echoes nothing itself until ``show_input``. Call it before writing the
+        prompt. In line mode the client still edits and sends whole lines.
+        """
+        self._hidden = True
+        self._claim(ECHO, True)
+        self._send_requests()
+
+    def show_input(self) -> None:
+        """Undo ``hide_input``: in line mode the client echoes again (WONT ECHO);
+        in character mode ``echo`` shows the keys again."""
+        self._hidden = False
+        if self._mode == "line":
+            self._claim(ECHO, False)
+            self._send_requests()
+
+    def _send_requests(self) -> None:
+        """What the engine has to send, after what was written: in the same write."""
+        protocol = self._protocol
+        engine = protocol.engine
+        if engine.has_output and not protocol.closed:
+            data = engine.data_to_send()
+            protocol.tx_bytes += len(data)
+            protocol.queue(data)
+
+    def _claim(self, option: int, claimed: bool) -> None:
+        engine = self._protocol.engine
+        # also what a client's own DO or DONT for it is answered with
+        engine.accept_local(option, claimed)
+        if engine.heard:
+            # a client that never sent a telnet command (nc) would show these as junk
+            engine.request_local(option, claimed)
+
+    # ----------------------------------------------------------- prompts
+
+    def end_prompt(self) -> None:
+        """Mark the end of a prompt: IAC EOR when the client agreed to EOR, else
+        IAC GA unless SGA is on, else nothing.
+
+        MUD clients (TinTin++, TinyFugue, Mudlet) show a marked prompt as a
+        prompt and put the next output on its own line. Call it right after
+        writing the prompt; it goes out with it.
+        """
+        engine = self._protocol.engine
+        if engine.local_enabled(EOR):
+            command = EOR_CMD
+        elif not engine.local_enabled(SGA):
+            command = GA
+        else:
+            return
+        protocol = self._protocol
+        if not protocol.closed:
+            protocol.tx_bytes += 2
+            protocol.queue(bytes((IAC, command)))
+
     def send_ga(self) -> bool:
-        """Send IAC GA after a prompt unless SGA is on; return whether it was sent."""
+        """Send IAC GA after a prompt unless SGA is on; return whether it was sent.
+
+        ``end_prompt`` is better: it sends EOR to clients that asked for it.
+        """
         if self._protocol.engine.local_enabled(SGA):
             return False
         return self.iac(GA)
@@ -95,7 +222,7 @@ class TelnetWriter:
         else:
             engine.send_command(cmd)
             sent = True
-        self._protocol.flush()
+        self._send_requests()
         return sent
 
     async def drain(self) -> None:
@@ -106,6 +233,8 @@ class TelnetWriter:
             await protocol.wait_writable()
 
     def close(self) -> None:
+        """Close the session once what was written has been sent."""
+        self._protocol.flush_output()
         self._transport.close()
 
     def is_closing(self) -> bool:

@@ -114,12 +114,20 @@ _NO_OPTIONS: frozenset[int] = frozenset()
 _QUEUED = 4
 
 
+# Accept sets made by allow(), each kept once: sessions whose shells ask for the
+# same options (character mode: SGA and ECHO) share one set. Bounded, since a
+# shell may ask for any option.
+_ACCEPT_SETS: dict[frozenset[int], frozenset[int]] = {}
+_ACCEPT_SETS_MAX = 256
+
+
 class _Side:
     """RFC 1143 state for one side of every option: ours (WILL) or the peer's (DO).
 
     ``state`` maps an option to NO/YES/WANTNO/WANTYES, plus _QUEUED. ``accept``
-    is shared between sessions until one changes it: a server holds thousands
-    of engines, and a set per side per session cost more than everything else.
+    is shared between sessions, also once one changes it (``_ACCEPT_SETS``): a
+    server holds thousands of engines, and a set per side per session cost more
+    than everything else.
     """
 
     __slots__ = ("accept", "state")
@@ -130,7 +138,13 @@ class _Side:
 
     def allow(self, opt: int, allowed: bool = True) -> None:
         if (opt in self.accept) != allowed:
-            self.accept = self.accept | {opt} if allowed else self.accept - {opt}
+            changed = self.accept | {opt} if allowed else self.accept - {opt}
+            shared = _ACCEPT_SETS.get(changed)
+            if shared is None:
+                shared = changed
+                if len(_ACCEPT_SETS) < _ACCEPT_SETS_MAX:
+                    _ACCEPT_SETS[changed] = changed
+            self.accept = shared
 
 
 class TelnetEngine:
@@ -152,6 +166,7 @@ class TelnetEngine:
         "_sb_overflow",
         "budget",
         "events",
+        "heard",
         "parser_state",
         "role",
         "sb_limit",
@@ -183,6 +198,8 @@ class TelnetEngine:
             stop_after_sb if isinstance(stop_after_sb, frozenset) else frozenset(stop_after_sb)
         )
         self._held = b""
+        #: the peer has sent a telnet command: it speaks telnet (nc does not)
+        self.heard = False
         self.events: list[Event] = []
         self._out = bytearray()
         self._local = _Side(accept_local)
@@ -289,6 +306,7 @@ class TelnetEngine:
         return held
 
     def _after_iac(self, byte: int) -> None:
+        self.heard = True
         if byte in (WILL, WONT, DO, DONT):
             self._opt_verb = byte
             self.parser_state = _OPT
@@ -442,6 +460,19 @@ class TelnetEngine:
     def request_remote(self, opt: int, enable: bool = True) -> bool:
         """Ask the peer to perform (DO) or stop (DONT) an option."""
         return self._request(self._remote, opt, enable, DO, DONT)
+
+    def request_timing_mark(self) -> bool:
+        """Send DO TIMING-MARK unless one is unanswered; return whether it was sent.
+
+        The peer answers (WILL or WONT, RFC 860) once it has processed all it
+        received before: an OptionEnabled or OptionDisabled(TM, local=False)
+        event. Unlike ``request_remote(TM)``, it leaves the accept set alone.
+        """
+        if self._remote.state.get(TM, NO) != NO:
+            return False
+        self._remote.state[TM] = WANTYES
+        self._send_negotiation(DO, TM)
+        return True
 
     def local_enabled(self, opt: int) -> bool:
         return self._local.state.get(opt, NO) == YES
