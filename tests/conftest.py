@@ -86,12 +86,14 @@ class ServerProcess:
         console_script: bool = False,
         address_limits: bool = False,
         nofile: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``console_script``: run the installed ``shardd`` command, not ``python -m shardd``.
 
         Every client of a test comes from loopback, most from 127.0.0.1: unless
         ``address_limits``, the limits per address are off (tests of them turn
         them on). ``nofile``: the server's limit of open files, soft and hard.
+        ``env``: variables added to the server's environment.
         """
         self.args = list(args)
         self.lines: list[str] = []
@@ -113,6 +115,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=None if nofile is None else lambda: _limit_files(nofile),
+            env=None if env is None else {**os.environ, **env},
         )
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()

@@ -402,6 +402,11 @@ BAD_VALUES = [
     (["flood", "--duration", "inf"], "duration"),
     (["flood", "--server-port", "6023"], "server-port"),
     (["echo", "--flooders", "2"], "flooders"),
+    (["connect", "--verify"], "verify"),
+    (["idle", "--verify"], "verify"),
+    (["idle", "--settle", "5"], "settle"),
+    (["echo", "--verify", "--server-port", "6023", "--settle", "-1"], "settle"),
+    (["echo", "--control", "/tmp/x.sock"], "control"),
 ]
 
 

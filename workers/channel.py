@@ -21,6 +21,11 @@ from workers.serving import Server, StopMode
 
 log = logging.getLogger("shardd.worker")
 
+# Test knob: a send buffer this small (bytes) makes the channel pause on
+# nearly every report, the path a worker with 100 000 sessions takes when the
+# supervisor falls behind (tests/test_report_scale.py).
+SNDBUF_ENV = "SHARDD_IPC_SNDBUF"
+
 _STOP_MESSAGES: dict[str, StopMode] = {ipc.STOP: "stop", ipc.DRAIN: "drain"}
 _WINDING_DOWN = {"stop": "stopping", "drain": "draining", "quit": "quitting"}
 
@@ -31,10 +36,18 @@ class _IpcProtocol(asyncio.Protocol):
         self.decoder = ipc.Decoder()
         self.transport: asyncio.Transport | None = None
         self.paused = False
+        self.pauses = 0
+        self._resumed: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered subclasses: isinstance would fail
         self.transport = cast(asyncio.Transport, transport)
+        small = os.environ.get(SNDBUF_ENV)
+        if small and small.isdigit():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(small))
+            self.transport.set_write_buffer_limits(high=int(small))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -46,13 +59,29 @@ class _IpcProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.resume_writing()  # nothing waits on a channel that is gone
         self.channel.server_stop("quit")
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.pauses += 1
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+        self._resumed = None
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def writable(self) -> None:
+        """Return once the supervisor has read enough for us to write more."""
+        while self.paused and self.open:
+            if self._resumed is None:
+                self._resumed = asyncio.get_running_loop().create_future()
+            await self._resumed
 
     def send(self, kind: str, **fields: Any) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -176,7 +205,10 @@ class SupervisorChannel:
         """Send what changed since the last report, REPORT_BATCH sessions a step.
 
         Between steps the loop runs sessions, so 10 000 sessions never hold it
-        for more than one step's work.
+        for more than one step's work. While the supervisor is behind (the
+        channel paused), a step waits rather than skips: an entry counts as
+        reported only once it is written, so what a session last did always
+        reaches the supervisor, later rather than never.
         """
         ipc_channel = self.ipc
         if ipc_channel is None or self.server is None:
@@ -187,6 +219,9 @@ class SupervisorChannel:
         for start in range(0, max(len(live), 1), step):
             if start:
                 await asyncio.sleep(0)
+            await ipc_channel.writable()
+            if not ipc_channel.open:
+                return
             opened: list[list[Any]] = []
             changed: list[list[Any]] = []
             for protocol, session_id in live[start : start + step]:
@@ -207,13 +242,13 @@ class SupervisorChannel:
                 self._send_batch(changed, last=last, reply=reply and last)
 
     def _send_batch(self, batch: list[list[Any]], *, last: bool, reply: bool) -> None:
-        if self.ipc is None or self.server is None or (self.ipc.paused and not reply):
-            return  # the supervisor is behind: skip, the next report catches up
+        if self.ipc is None or self.server is None:
+            return
         self.ipc.send(
             ipc.REPORT,
             time=time.monotonic(),
             accepted=self.server.sessions.accepted,
-            counters=self.server.counters(),
+            counters={**self.server.counters(), "ipc_pauses": self.ipc.pauses},
             sessions=batch,
             last=last,
             reply=reply,

@@ -88,6 +88,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rss.add_argument(
         "--pids", metavar="PID,...", help=f"{memory}: server processes to read memory of"
     )
+    verifying = ", ".join(registry.verify_scenarios())
+    add(
+        "--verify",
+        action="store_true",
+        help=f"{verifying}: once every session is quiet, compare each one's bytes in "
+        "and out, terminal type and window size with the server's status (needs "
+        "--control or --server-port); any that disagree after --settle fail the run",
+    )
+    add(
+        "--settle",
+        metavar="SECONDS",
+        help="--verify: how long the server's status may take to agree (10)",
+    )
     add("--json", action="store_true", help="print the summary as one JSON object")
 
 

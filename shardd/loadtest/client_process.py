@@ -1,8 +1,9 @@
 """One client process of a ``shardd loadtest`` run: its share, in its own uvloop loop.
 
 It talks to the parent over two pipes: msgpack messages up (progress
-snapshots, "at barrier X", the result or an error), one byte down per
-barrier to release it.
+snapshots, "at barrier X", its sessions' records, the result or an error),
+and one byte down: ``g`` releases the barrier it waits at, ``r`` asks for
+its sessions' records (``--verify``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from shardd.loadtest.plan import Plan
 from shardd.loadtest.results import Result
 
 SNAPSHOT_EVERY = 0.5
+# what the parent writes down the pipe
+GO = b"g"
+RECORDS = b"r"
 
 
 class PipeHooks(Hooks):
@@ -59,8 +63,12 @@ class PipeHooks(Hooks):
         if not data:  # the parent is gone: stop, and pass every barrier
             asyncio.get_running_loop().remove_reader(self.down)
             self.interrupted.set()
-        if self._release is not None and not self._release.done():
-            self._release.set_result(None)
+            data = GO
+        for byte in data:
+            if byte == RECORDS[0]:
+                self.send({"t": "records", "r": self.records() if self.records else []})
+            elif self._release is not None and not self._release.done():
+                self._release.set_result(None)
 
     async def barrier(self, name: str) -> None:
         self._release = asyncio.get_running_loop().create_future()

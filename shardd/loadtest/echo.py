@@ -43,9 +43,13 @@ from shardd.loadtest.target import (
     open_session,
     rotation,
 )
+from shardd.loadtest.verify import Record, record
 from workers.telnet.client import TelnetClientSession
 
 _perf = time.perf_counter
+
+# where every session has stopped sending (--verify)
+QUIET = "quiet"
 
 
 @dataclass
@@ -107,6 +111,8 @@ class EchoSession(asyncio.Protocol):
         self.sent_at = 0.0
         self.closing = False
         self._abort: asyncio.TimerHandle | None = None
+        # bytes on the wire (telnet commands included), as the server counts them
+        self.rx = self.tx = 0
         loop = asyncio.get_running_loop()
         self.first_done: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -118,13 +124,24 @@ class EchoSession(asyncio.Protocol):
 
     def _send(self) -> None:
         self.sent_at = _perf()
-        self.transport.write(self.run.payload)
+        self.write(self.run.payload)
+
+    def write(self, data: bytes) -> None:
+        self.tx += len(data)
+        self.transport.write(data)
+
+    def record(self) -> Record:
+        """What this session knows of itself, for ``--verify``."""
+        term = self.telnet.terminal
+        sockname = self.transport.get_extra_info("sockname")
+        return record(sockname, self.rx, self.tx, term.term, term.cols, term.rows)
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
         telnet = self.telnet
         data = telnet.receive(data)
         if telnet.has_output:
-            self.transport.write(telnet.data_to_send())
+            self.write(telnet.data_to_send())
         if not data:
             return
         run = self.run
@@ -229,6 +246,7 @@ async def echo(
         "sessions": live(),
         "failures": sum(tally.failures.values()),
     }
+    hooks.records = lambda: [p.record() for p in protocols if not p.closing]
     await open_sessions(
         run,
         protocols,
@@ -251,6 +269,7 @@ async def echo(
     run.stopping = True
     for _proto in stalled(protocols, elapsed, negotiation_timeout):
         tally.fail("echo", TIMEOUT)
+    await hooks.barrier(QUIET)  # with --verify, the server's status is compared here
     await close_all(protocols)
     return EchoResult(
         sessions,
@@ -338,6 +357,7 @@ SCENARIO = Scenario(
         duration_param(5.0, "measured interval"),
     ),
     rows=_rows,
+    verify_barrier=QUIET,
     in_flight=lambda p: p["sessions"],
     time_bound=lambda p, procs, setup: setup_rounds(p, procs) * setup + p["duration"],
     progress_rate="round trips",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from shardd.loadtest.target import CLOSE_GRACE
 
@@ -21,6 +21,9 @@ class Hooks:
         self.interrupted = asyncio.Event()
         #: live counters for a progress line, set by the running scenario
         self.snapshot: Callable[[], dict[str, int]] | None = None
+        #: what the client knows of each live session (``verify.Record``), for
+        #: ``--verify``; set by a scenario with a verify barrier
+        self.records: Callable[[], list[list[Any]]] | None = None
 
     async def barrier(self, name: str) -> None:
         """Return once every process running this scenario has reached ``name``."""

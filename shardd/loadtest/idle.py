@@ -27,6 +27,8 @@ _perf = time.perf_counter
 
 # where every session is open and held: the server's memory is read here
 HELD = "held"
+# then, with --verify, the server's status is compared with the sessions
+QUIET = "quiet"
 
 
 @dataclass
@@ -132,6 +134,7 @@ async def idle(
             live.add(proto)
 
     hooks.snapshot = lambda: {"open": len(live), "failures": sum(tally.failures.values())}
+    hooks.records = lambda: [p.record() for p in live]
     rss_before = server_rss(pids) if pids else None
     await lanes(sessions, concurrency, one, hooks)
     await hooks.barrier("open")
@@ -141,6 +144,7 @@ async def idle(
     held = len(live)
     rss_holding = server_rss(pids) if pids else None
     await hooks.barrier(HELD)
+    await hooks.barrier(QUIET)
     tally.on_lost = None
     await close_all(list(live))
     return IdleResult(
@@ -200,6 +204,7 @@ SCENARIO = Scenario(
     in_flight=lambda p: p["sessions"],
     time_bound=_time_bound,
     memory_barrier=HELD,
+    verify_barrier=QUIET,
     bench=(
         BenchCase(
             "idle",

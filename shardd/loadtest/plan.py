@@ -10,7 +10,13 @@ from typing import Any
 
 from shardd import control
 from shardd.config import ConfigError, check_float, check_int
-from shardd.loadtest.registry import SCENARIOS, control_scenarios, memory_scenarios, param_flags
+from shardd.loadtest.registry import (
+    SCENARIOS,
+    control_scenarios,
+    memory_scenarios,
+    param_flags,
+    verify_scenarios,
+)
 from shardd.loadtest.scenario import Scenario
 from shardd.loadtest.target import CLOSE_GRACE, Target
 
@@ -19,6 +25,8 @@ MAX_PROCS = 64
 SLACK = 30.0
 # the flags naming the server whose control socket or memory is read, by their argparse names
 CONTROL_FLAGS = ("control", "server_port")
+# the longest one --verify status request may take (100 000 sessions take about 1 s)
+VERIFY_REQUEST_TIMEOUT = 30.0
 
 
 def _split(total: int, parts: int, index: int) -> int:
@@ -42,6 +50,8 @@ class Plan:
     tls: bool = False
     control_path: str | None = None
     pids: list[int] = field(default_factory=list)
+    #: --verify: compare the server's status with the sessions, within this many seconds
+    settle: float | None = None
 
     def share(self, index: int) -> dict[str, Any]:
         """Keyword arguments of the scenario's coroutine for client process ``index``."""
@@ -60,7 +70,8 @@ class Plan:
     def time_bound(self) -> float:
         """Longest a correct client process can take; beyond it, it is killed."""
         setup = self.connect_timeout + self.negotiation_timeout + CLOSE_GRACE
-        return self.scenario.time_bound(self.params, self.procs, setup) + SLACK
+        verify = 0.0 if self.settle is None else self.settle + VERIFY_REQUEST_TIMEOUT
+        return self.scenario.time_bound(self.params, self.procs, setup) + verify + SLACK
 
     def in_flight_per_proc(self) -> int:
         return math.ceil(self.scenario.in_flight(self.params) / self.procs)
@@ -72,6 +83,7 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
     takers = {name: [s.name for s, _p in uses] for name, uses in param_flags().items()}
     takers.update(dict.fromkeys(CONTROL_FLAGS, control_scenarios()))
     takers["pids"] = memory_scenarios()
+    takers["settle"] = verify_scenarios()
     for name, scenarios in takers.items():
         if getattr(args, name) is not None and scenario.name not in scenarios:
             raise ConfigError(
@@ -127,6 +139,24 @@ def make_plan(args: argparse.Namespace, progress: bool) -> Plan:
         )
     elif args.pids is not None:
         plan.pids = [check_int("pids", text.strip(), 1, 2**31 - 1) for text in args.pids.split(",")]
+    reads_server = scenario.memory_barrier is not None or scenario.watch_workers is not None
+    if plan.control_path is not None and not args.verify and not reads_server:
+        flag = "control" if args.control is not None else "server-port"
+        raise ConfigError(flag, f"applies to the {scenario.name} scenario only with --verify")
+    if args.settle is not None and not args.verify:
+        raise ConfigError("settle", "applies only with --verify")
+    if args.verify:
+        if scenario.name not in verify_scenarios():
+            raise ConfigError(
+                "verify",
+                f"does not apply to the {scenario.name} scenario "
+                f"(only {', '.join(verify_scenarios())})",
+            )
+        if plan.control_path is None:
+            raise ConfigError("verify", "needs the server's --control or --server-port")
+        plan.settle = check_float(
+            "settle", "10" if args.settle is None else args.settle, 0.0, 3600.0, unit=None
+        )
     _check_limits(plan)
     return plan
 

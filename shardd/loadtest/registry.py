@@ -46,5 +46,14 @@ def memory_scenarios() -> list[str]:
 def control_scenarios() -> list[str]:
     """The scenarios that read the server's control socket (--control, --server-port)."""
     return [
-        s.name for s in by_name() if s.memory_barrier is not None or s.watch_workers is not None
+        s.name
+        for s in by_name()
+        if s.memory_barrier is not None
+        or s.watch_workers is not None
+        or s.verify_barrier is not None
     ]
+
+
+def verify_scenarios() -> list[str]:
+    """The scenarios ``--verify`` applies to."""
+    return [s.name for s in by_name() if s.verify_barrier is not None]

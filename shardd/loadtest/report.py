@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shardd.loadtest import verify
 from shardd.loadtest.registry import SCENARIOS
 
 
@@ -20,6 +21,8 @@ def render(summary: dict[str, Any], measured: bool) -> str:
     scenario = s["scenario"]
     if measured:
         rows += SCENARIOS[scenario].rows(s)
+    if "verify" in s:
+        rows += verify.rows(s["verify"])
     total = s["failures_total"]
     rows.append(
         (

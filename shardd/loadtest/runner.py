@@ -26,10 +26,11 @@ import msgpack
 
 from shardd import control
 from shardd.loadtest import client_process
-from shardd.loadtest.plan import Plan
+from shardd.loadtest.plan import VERIFY_REQUEST_TIMEOUT, Plan
 from shardd.loadtest.results import ServerMemory
 from shardd.loadtest.scenario import Worker
 from shardd.loadtest.target import server_rss
+from shardd.loadtest.verify import DISAGREE, ROUND_EVERY, UNREADABLE, Verification
 
 PROGRESS_EVERY = 1.0
 LOST_PROCESS = "client process lost"
@@ -56,6 +57,7 @@ class _Child:
     barrier: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    records: list[list[Any]] | None = None  # --verify: its sessions, as last asked
     done: bool = False  # its pipe is closed: it exited, or was killed
     status: int | None = None
 
@@ -99,6 +101,10 @@ class _Coordinator:
         self.rss_pids: list[int] = []
         self._last_progress = self.started
         self._last_count: int | None = None
+        self.verification: Verification | None = None
+        self._verify_started = 0.0
+        self._next_round: float | None = None  # when to ask the clients again
+        self._verified = False
 
     def interrupt(self, _signum: int, _frame: Any) -> None:
         self.interrupts += 1
@@ -125,6 +131,7 @@ class _Coordinator:
                     break
                 for key, _mask in selector.select(timeout=min(0.2, deadline - now)):
                     self._read(key.data, selector)
+                self._verify_round()
                 self._release_barrier()
                 if self.plan.progress and now - self._last_progress >= PROGRESS_EVERY:
                     self._print_progress(now)
@@ -148,6 +155,8 @@ class _Coordinator:
                 child.snapshot = message["s"]
             elif kind == "barrier":
                 child.barrier = message["name"]
+            elif kind == "records":
+                child.records = message["r"]
             elif kind == "result":
                 child.result = message["r"]
             elif kind == "error":
@@ -160,6 +169,12 @@ class _Coordinator:
             return
         name = names.pop()
         plan = self.plan
+        if name == plan.scenario.verify_barrier and plan.settle is not None and not self._verified:
+            if self.verification is None:
+                self.verification = Verification(plan.settle)
+                self._verify_started = time.monotonic()
+                self._ask_records()
+            return  # released once the status agrees, or the settle interval is over
         if name == plan.scenario.memory_barrier and (plan.control_path or plan.pids):
             # every process holds all its sessions and waits here: read the server now
             try:
@@ -169,9 +184,53 @@ class _Coordinator:
         for child in waiting:
             child.barrier = None
             try:
-                os.write(child.down, b"g")
+                os.write(child.down, client_process.GO)
             except OSError:
                 pass
+
+    def _ask_records(self) -> None:
+        self._next_round = None
+        for child in self.children:
+            if not child.done:
+                child.records = None
+                try:
+                    os.write(child.down, client_process.RECORDS)
+                except OSError:
+                    pass
+
+    def _verify_round(self) -> None:
+        """Compare the server's status with the clients' latest records, once all are in."""
+        verification = self.verification
+        if verification is None or self._verified:
+            return
+        now = time.monotonic()
+        if self._next_round is not None:
+            if now >= self._next_round:
+                self._ask_records()
+            return
+        waiting = [c for c in self.children if not c.done]
+        if any(c.records is None for c in waiting):
+            return
+        assert self.plan.control_path is not None
+        try:
+            status = control.status(self.plan.control_path, timeout=VERIFY_REQUEST_TIMEOUT)
+        except control.ControlError as exc:
+            verification.error = str(exc)
+        else:
+            records = [r for c in waiting for r in c.records or ()]
+            verification.compare(records, status.get("connections", []))
+        now = time.monotonic()
+        verification.seconds = now - self._verify_started
+        if (
+            verification.error
+            or not verification.disagree
+            or now >= self._verify_started + verification.settle
+        ):
+            self._verified = True
+            for child in waiting:
+                child.records = None  # they can be large; nobody needs them now
+        else:
+            self._next_round = now + ROUND_EVERY
 
     def _print_progress(self, now: float) -> None:
         since, self._last_progress = now - self._last_progress, now
@@ -266,6 +325,13 @@ def _merge(
             merged.rss_before = rss_before
             merged.rss_holding = coordinator.rss_holding
         summary = merged.summary()
+    verification = coordinator.verification
+    if verification is not None:
+        summary["verify"] = verification.summary()
+        kind, failed = (UNREADABLE, 1) if verification.error else (DISAGREE, verification.disagree)
+        if failed:
+            summary["failures"][kind] = failed
+            summary["failures_by_phase"].setdefault("verify", {})[kind] = failed
     if lost:
         summary["failures"][LOST_PROCESS] = len(lost)
         summary["failures_by_phase"].setdefault("client", {})[LOST_PROCESS] = len(lost)

@@ -162,6 +162,10 @@ class Scenario:
     #: it could not) and this adds what it makes of them to the summary,
     #: failures included: (summary, before, after) -> None
     watch_workers: Callable[[dict[str, Any], list[Worker], list[Worker] | None], None] | None = None
+    #: the barrier where every session is held and quiet, so that ``--verify``
+    #: can compare what the server's status says of each with what its client
+    #: saw; the scenario then sets ``hooks.records`` (see ``verify``)
+    verify_barrier: str | None = None
     #: the progress line's counter that also gets a rate per second
     progress_rate: str | None = None
     bench: tuple[BenchCase, ...] = ()

@@ -24,6 +24,7 @@ from shardd.loadtest.target import (
     lost_failure,
     open_session,
 )
+from shardd.loadtest.verify import Record, record
 from workers.telnet.client import TelnetClientSession
 
 PROBE = b"\x00"
@@ -64,7 +65,18 @@ class SetupSession(asyncio.Protocol):
     (a str) when the server closed first or was silent too long.
     """
 
-    __slots__ = ("_timer", "closed", "closing", "lost", "ready", "tally", "telnet", "transport")
+    __slots__ = (
+        "_timer",
+        "closed",
+        "closing",
+        "lost",
+        "ready",
+        "rx",
+        "tally",
+        "telnet",
+        "transport",
+        "tx",
+    )
 
     transport: asyncio.Transport  # set on connection, before anyone else has the session
 
@@ -77,6 +89,8 @@ class SetupSession(asyncio.Protocol):
         self.lost: str | None = None
         self.closing = False
         self._timer: asyncio.TimerHandle | None = None
+        # bytes on the wire (telnet commands included), as the server counts them
+        self.rx = self.tx = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -84,7 +98,17 @@ class SetupSession(asyncio.Protocol):
         self._timer = self.tally.loop.call_later(
             self.tally.negotiation_timeout, self._negotiation_expired
         )
-        self.transport.write(PROBE)
+        self.write(PROBE)
+
+    def write(self, data: bytes) -> None:
+        self.tx += len(data)
+        self.transport.write(data)
+
+    def record(self) -> Record:
+        """What this session knows of itself, for ``--verify``."""
+        term = self.telnet.terminal
+        sockname = self.transport.get_extra_info("sockname")
+        return record(sockname, self.rx, self.tx, term.term, term.cols, term.rows)
 
     def _negotiation_expired(self) -> None:
         self._timer = None
@@ -92,10 +116,11 @@ class SetupSession(asyncio.Protocol):
             self.ready.set_result(NEGOTIATION_TIMEOUT)
 
     def data_received(self, data: bytes) -> None:
+        self.rx += len(data)
         telnet = self.telnet
         inband = telnet.receive(data)
         if telnet.has_output:
-            self.transport.write(telnet.data_to_send())
+            self.write(telnet.data_to_send())
         if inband and not self.ready.done():
             self.ready.set_result(_perf())
             if self._timer is not None:
