@@ -429,3 +429,10 @@ def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[s
         raise ControlError(f"control socket {path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
+
+
+def status(path: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The server's ``status`` reply, each connection a map (``shardd status --json``)."""
+    from shardd.status import expand  # the supervisor's module: only status callers need it
+
+    return expand(request(path, {"cmd": "status"}, timeout))

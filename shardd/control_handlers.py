@@ -25,7 +25,12 @@ class SupervisorHandlers:
 
     def status(self, reply: Reply) -> None:
         sup = self.supervisor
-        sup.request_status(lambda: reply(status.collect(sup)))
+
+        def answer() -> None:
+            with status.gc_paused():
+                reply(status.collect(sup))
+
+        sup.request_status(answer)
 
     def reload(self) -> dict[str, Any]:
         return {"message": self.supervisor.begin_reload()}

@@ -63,6 +63,10 @@ STATUS_WAIT = 1.0
 EXTRA_SHARDS = 16
 # After a fast stop (QUIT), how long workers get before SIGKILL.
 QUIT_TIMEOUT = 2.0
+# Each worker's CPU use is sampled this often, and status shows the share of
+# one core it used over the last such window: one reading for everybody, so
+# requests that overlap cannot disturb each other's figures.
+CPU_WINDOW = 2.0
 
 _SIGNALS = (
     signal.SIGTERM,
@@ -96,6 +100,23 @@ class WorkerHandle:
     awaiting_reply: bool = False
     process: psutil.Process | None = None
     replaced: bool = False  # killed on purpose; its shard is respawned
+    cpu_percent: float | None = None  # over the last CPU_WINDOW
+    cpu_sample: tuple[float, float] | None = None  # (monotonic, CPU seconds) at its start
+
+    def sample_cpu(self, now: float) -> None:
+        """Close one CPU window and open the next."""
+        if self.process is None:
+            return
+        try:
+            times = self.process.cpu_times()
+        except psutil.Error:
+            return
+        used = times.user + times.system
+        if self.cpu_sample is not None:
+            then, used_then = self.cpu_sample
+            if now > then:
+                self.cpu_percent = round(100.0 * (used - used_then) / (now - then), 1)
+        self.cpu_sample = (now, used)
 
 
 @dataclass
@@ -148,6 +169,7 @@ class Supervisor:
         self.rolling_new: WorkerHandle | None = None
         self.control: control.ControlServer | None = None
         self.status_waiters: list[tuple[float, Callable[[], None]]] = []
+        self.next_cpu_sample = 0.0
         self._wakeup_r = self._wakeup_w = -1
 
     # ------------------------------------------------------------ start-up
@@ -399,9 +421,9 @@ class Supervisor:
         handle = WorkerHandle(shard.index, pid, ours, started_at=now, row=row, last_heartbeat=now)
         try:
             handle.process = psutil.Process(pid)
-            handle.process.cpu_percent(None)  # start the CPU clock
         except psutil.Error:
             handle.process = None
+        handle.sample_cpu(now)  # its first CPU window starts now
         self.workers[pid] = handle
         self.selector.register(ours, selectors.EVENT_READ, self._channel_readable(handle))
         log.info("shard %d: worker %d started", shard.index, pid)
@@ -648,6 +670,10 @@ class Supervisor:
                     timeout,
                 )
                 self._replace(handle)
+        if now >= self.next_cpu_sample:
+            self.next_cpu_sample = now + CPU_WINDOW
+            for handle in self.workers.values():
+                handle.sample_cpu(now)
         self._roll(now)
         self._answer_status_waiters(now)
 

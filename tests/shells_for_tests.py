@@ -231,3 +231,16 @@ async def timed(reader: Any, writer: Any) -> None:
     _write(writer, "shell started\r\n")
     while await reader.read(65536):
         pass
+
+
+async def spin(reader: Any, writer: Any) -> None:
+    """Keeps its worker's CPU busy until the client leaves (or 60 s): 50 ms of
+    work, then one loop turn for everyone else, and again."""
+    _write(writer, "spinning\r\n")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 60
+    while not writer.protocol.closed and loop.time() < until:
+        busy_until = time.perf_counter() + 0.05
+        while time.perf_counter() < busy_until:
+            pass
+        await asyncio.sleep(0)

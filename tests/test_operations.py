@@ -39,6 +39,7 @@ import pytest
 from conftest import ROOT, ServerProcess, connect, read_until, run_shardd, wait_until
 
 from shardd.control import default_path
+from shardd.status import expand
 
 IAC, DO, WONT = 255, 253, 252
 TTYPE = 24
@@ -196,7 +197,7 @@ def control(path: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def status_of(server: ServerProcess, path: str | None = None) -> dict[str, Any]:
-    return control(path or default_path(server.port), {"cmd": "status"})
+    return expand(control(path or default_path(server.port), {"cmd": "status"}))
 
 
 def serving_workers(
@@ -734,9 +735,14 @@ def test_status_human_view_and_json_fields(serve) -> None:
         for peer in peers:
             assert re.search(rf"^\d+\s+\d+\s+{re.escape(peer)}\s", text, re.M), (peer, text)
 
-        result = run_shardd("status", "--port", str(server.port), "--json")
-        assert result.returncode == 0, result
-        data = json.loads(result.stdout)
+        def cpu_measured() -> dict[str, Any] | None:
+            # each worker's CPU share appears once its first window (2 s) has closed
+            result = run_shardd("status", "--port", str(server.port), "--json")
+            assert result.returncode == 0, result
+            data: dict[str, Any] = json.loads(result.stdout)
+            return data if all(w["cpu_percent"] is not None for w in data["workers"]) else None
+
+        data: Any = wait_until(cpu_measured, 15, "every worker's cpu_percent")
         sup = data["supervisor"]
         assert set(sup) >= SUPERVISOR_FIELDS, sup
         assert sup["pid"] == sup_pid(server)

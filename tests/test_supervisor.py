@@ -67,7 +67,7 @@ WORKER_FIELDS = {
 
 def status(server: ServerProcess) -> dict[str, Any]:
     """The supervisor's status through its control socket (cheap enough to poll)."""
-    reply = control.request(control.default_path(server.port), {"cmd": "status"}, timeout=10)
+    reply = control.status(control.default_path(server.port), timeout=10)
     reply.pop("ok", None)
     return reply
 
