@@ -20,7 +20,8 @@ able to read its library (a virtualenv under /root).
 from __future__ import annotations
 
 import codecs
-import functools
+import encodings
+import encodings.aliases
 from collections.abc import Iterable
 
 #: What telnet clients really use: Unicode, Latin-1 and the ISO-8859 family,
@@ -63,27 +64,49 @@ def check_charset(name: str) -> str:
 class Charsets:
     """An allow-list of charsets, by codec: what a client may choose."""
 
-    __slots__ = ("_allowed",)
+    __slots__ = ("_allowed", "_names")
 
     def __init__(self, names: Iterable[str] = DEFAULT_CHARSETS) -> None:
         self._allowed = frozenset(check_charset(name) for name in names)
+        # Every spelling of an allowed codec Python knows, normalised. Names
+        # from the wire are looked up here and never passed to codecs.lookup,
+        # whose search function caches every name it is asked, misses too
+        # (encodings._cache): a client naming charsets at random would grow
+        # it for the life of the worker.
+        names_of: dict[str, str] = {}
+        for alias, module in encodings.aliases.aliases.items():
+            codec = _codec_of(module)
+            if codec in self._allowed:
+                names_of[_normal(alias)] = codec
+        for codec in self._allowed:
+            names_of[_normal(codec)] = codec
+            names_of[_normal(codecs.lookup(codec).name)] = codec
+        self._names = names_of
 
     def __contains__(self, codec: object) -> bool:
         return codec in self._allowed
 
     def codec(self, name: str) -> str | None:
         """The codec for a charset name from the wire, if the list allows it."""
-        codec = _lookup(name)
-        return codec if codec in self._allowed else None
+        if len(name) > MAX_NAME:
+            return None
+        return self._names.get(_normal(name))
 
     def __repr__(self) -> str:
         return f"Charsets({sorted(self._allowed)})"
 
 
-@functools.lru_cache(maxsize=256)
-def _lookup(name: str) -> str | None:
-    # bounded cache: names come from clients
+#: longer names from the wire are refused unread (IANA's longest is 45)
+MAX_NAME = 64
+
+
+def _normal(name: str) -> str:
+    # as the encodings package normalises, and case and "." folded
+    return encodings.normalize_encoding(name.strip().lower()).replace(".", "_")
+
+
+def _codec_of(module: str) -> str | None:
     try:
-        return codecs.lookup(name.strip()).name
-    except (LookupError, ValueError):
+        return codecs.lookup(module).name
+    except LookupError:  # an alias of a codec this Python was built without
         return None
