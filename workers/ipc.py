@@ -40,6 +40,7 @@ STOPPING = "stopping"  # sessions: how many are left as the worker winds down
 STOP = "stop"  # graceful: stop accepting, goodbye, close sessions, exit
 DRAIN = "drain"  # stop accepting; keep sessions until they end or the graceful timeout
 STATUS = "status"  # send a report now (reply=True on its last frame)
+PLAYERS = "players"  # sessions: live sessions of every worker (MSSP PLAYERS), every second
 
 # The order of a session's values inside a report.
 SESSION_FIELDS = (
@@ -79,6 +80,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     STOP: {},
     DRAIN: {},
     STATUS: {},
+    PLAYERS: {"sessions": (int,)},
 }
 _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),
