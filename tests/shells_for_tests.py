@@ -37,6 +37,11 @@ REPORTED_KEYS = (
     "MTTS",
     "tspeed",
     "xdisploc",
+    "gmcp",
+    "msdp",
+    "mssp",
+    "mccp2",
+    "mccp3",
 )
 REPORT_PREFIX = "REPORT "
 
