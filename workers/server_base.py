@@ -251,7 +251,10 @@ class BaseServer(asyncio.Protocol):
         self._last_received = _monotonic()
         self.rx_bytes += len(data)
         if self._inflate is not None:
+            sent = self.tx_bytes
             self._inflate_input(data)
+            if self.tx_bytes == sent and not self._waiter_connected.done():
+                self._ack_now()  # the negotiation goes on inside the stream
             return
         engine = self._engine
         # the engine's own fast path, checked here to save a call per chunk:
