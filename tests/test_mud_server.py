@@ -7,6 +7,7 @@ five); raw sockets check what is offered and what happens to bad input.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import time
@@ -183,7 +184,7 @@ async def test_gmcp_and_msdp_by_callback(serve: Any) -> None:
 
 
 async def test_unread_gmcp_messages_are_bounded(serve: Any) -> None:
-    server = serve("--shell", "tests.shells_for_tests:mud_unread")
+    server = serve("--shell", "tests.shells_for_tests:mud_unread", "--workers", "1")
     reader, writer, _client = await open_mud(server.port)
     try:
         await read_to(reader, b"mud ready\r\n")
@@ -193,6 +194,17 @@ async def test_unread_gmcp_messages_are_bounded(serve: Any) -> None:
         writer.write("count\r\n")
         line = await read_to(reader, b"\r\n")
         assert line.strip() == f"COUNT {MAX_GMCP_QUEUE} DROPPED {sent - MAX_GMCP_QUEUE}".encode()
+
+        def dropped() -> object:
+            result = run_shardd("status", "--port", str(server.port), "--json")
+            return (
+                result.returncode == 0
+                and json.loads(result.stdout)["supervisor"]["gmcp_dropped"] == 36
+            )
+
+        await async_wait_until(dropped, TIMEOUT, "status to count the dropped messages")
+        result = run_shardd("status", "--port", str(server.port))
+        assert "36 GMCP messages dropped unread" in result.stdout
     finally:
         writer.close()
 

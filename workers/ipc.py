@@ -31,7 +31,8 @@ HEARTBEAT = "heartbeat"  # time: sent from inside the worker's event loop
 OPEN = "open"  # sessions: [[id, peer, connected_at], ...] first seen since the last report
 CLOSE = "close"  # id
 # time, accepted, counters: {name: count} of the worker's events (refused:<reason>,
-# protocol_errors, output_overflow, idle_timeout, shell_errors), sessions:
+# protocol_errors, output_overflow, idle_timeout, mccp3_broken, gmcp_dropped,
+# shell_errors), sessions:
 # [SESSION_FIELDS...], last: bool, reply: bool
 REPORT = "report"
 STOPPING = "stopping"  # sessions: how many are left as the worker winds down

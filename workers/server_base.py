@@ -368,7 +368,7 @@ class BaseServer(asyncio.Protocol):
         self._inflate = None
         self.protocol_errors += 1
         self.counters["protocol_errors"] += 1
-        self.counters["broken_streams"] += 1
+        self.counters["mccp3_broken"] += 1
         PROTOCOL_WARNINGS.warning(
             self.log, self._peer_host(), "%s: MCCP3: %s; closing", self.peer, exc
         )
