@@ -585,6 +585,8 @@ class BaseServer(asyncio.Protocol):
         mud = self._mud
         if mud is None:
             mud = self._mud = MudSession(self.mud.options.max_gmcp_queue)
+            if self._lost:  # asked for after the end: its iterators end at once
+                mud.close()
         return mud
 
     @property
