@@ -483,3 +483,19 @@ def test_mccp3_start_without_mccp3_is_refused_and_parsed_as_telnet(serve: Any) -
         read_until(sock, b"echo plain after\r\n", got)
         port = sock.getsockname()[1]
     server.wait_for_log(rf"127\.0\.0\.1:{port}: bad MCCP3 subnegotiation")
+
+
+def test_an_mccp3_bomb_is_refused_after_a_bounded_amount(serve: Any) -> None:
+    """Zeros compress a thousandfold: past the first MiB inflated, a stream
+    over MAX_INFLATE_RATIO closes its session, whatever it still holds."""
+    server = serve(
+        "--shell", "tests.shells_for_tests:silent", "--compression", "--connect-maxwait", "0.5"
+    )
+    with connect(server.port) as sock:
+        deflate = zlib.compressobj(9)
+        bomb = deflate.compress(bytes(64 * 2**20)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        assert len(bomb) < 100_000
+        sock.sendall(bytes((IAC, DO, MCCP3)) + START_MCCP3 + bomb)
+        read_closed(sock)
+        port = sock.getsockname()[1]
+    server.wait_for_log(rf"127\.0\.0\.1:{port}: MCCP3: compressed stream inflates over 100 times")
