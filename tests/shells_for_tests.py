@@ -297,5 +297,5 @@ async def mud_unread(reader: Any, writer: Any) -> None:
             return
         if line.strip() == "count":
             session = writer.protocol.mud_session()
-            waiting = len(session._inbox)
+            waiting = session.waiting
             _write(writer, f"COUNT {waiting} DROPPED {session.dropped}\r\n")

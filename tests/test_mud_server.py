@@ -22,7 +22,7 @@ from telnetlib3.telopt import MSDP as TL3_MSDP
 from telnetlib3.telopt import MSSP as TL3_MSSP
 from test_tls import make_cert, tls_args, tls_connect, tls_port
 
-from workers.mud import MAX_GMCP_QUEUE
+from workers.mud import MAX_GMCP_QUEUE, MAX_GMCP_QUEUE_BYTES
 from workers.telnet.telopt import (
     AYT,
     DO,
@@ -205,6 +205,25 @@ async def test_unread_gmcp_messages_are_bounded(serve: Any) -> None:
         await async_wait_until(dropped, TIMEOUT, "status to count the dropped messages")
         result = run_shardd("status", "--port", str(server.port))
         assert "36 GMCP messages dropped unread" in result.stdout
+    finally:
+        writer.close()
+
+
+async def test_unread_gmcp_payloads_are_bounded_in_bytes(serve: Any) -> None:
+    server = serve("--shell", "tests.shells_for_tests:mud_unread")
+    reader, writer, _client = await open_mud(server.port)
+    try:
+        await read_to(reader, b"mud ready\r\n")
+        for _ in range(30):  # 4 KiB each: far fewer than MAX_GMCP_QUEUE fit
+            writer.send_gmcp("Test.Big", "x" * 4096)
+        writer.write("count\r\n")
+        line = await read_to(reader, b"\r\n")
+        match = re.fullmatch(rb"COUNT (\d+) DROPPED (\d+)", line.strip())
+        assert match, line
+        waiting, dropped = int(match.group(1)), int(match.group(2))
+        assert waiting + dropped == 32  # with Core.Hello and Core.Supports.Set
+        # the two small ones and as many big ones as fit in the bytes allowed
+        assert waiting - 2 == MAX_GMCP_QUEUE_BYTES // (4096 + len('Test.Big ""')), line
     finally:
         writer.close()
 

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workers.telnet import mssp
+from workers.telnet import gmcp, mssp
 from workers.telnet.gmcp import JSONValue
 from workers.telnet.msdp import Encodable, MSDPServer, MSDPValue
 from workers.telnet.telopt import GMCP, MCCP2, MCCP3, MSDP, MSSP
@@ -37,9 +37,12 @@ OPTION_NAMES: dict[str, int] = {
 DEFAULT_OFFER = ("gmcp", "msdp", "mssp")
 COMPRESSION = ("mccp2", "mccp3")
 
-#: Received GMCP messages a session keeps for a shell that has not read them:
-#: past this, new ones are dropped and counted (``gmcp_dropped``).
+#: Received GMCP messages a session keeps for a shell that has not read them,
+#: and their payloads' bytes in all: past either, new ones are dropped and
+#: counted (``gmcp_dropped``). Kept as received and decoded when read: JSON
+#: decoded can take twenty times its size ("[[],[],...]").
 MAX_GMCP_QUEUE = 64
+MAX_GMCP_QUEUE_BYTES = 64 * 1024
 
 GMCPMessage = tuple[str, JSONValue]
 GMCPCallback = Callable[[str, JSONValue], Any]
@@ -144,6 +147,7 @@ class MudSession:
         "_closed",
         "_gmcp_callback",
         "_inbox",
+        "_inbox_bytes",
         "_waiter",
         "dropped",
         "max_queue",
@@ -154,7 +158,8 @@ class MudSession:
 
     def __init__(self, max_queue: int = MAX_GMCP_QUEUE) -> None:
         self.max_queue = max_queue
-        self._inbox: deque[GMCPMessage] = deque()
+        self._inbox: deque[bytes] = deque()  # payloads, checked when received
+        self._inbox_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._gmcp_callback: GMCPCallback | None = None
         self._closed = False
@@ -167,31 +172,46 @@ class MudSession:
 
     # ------------------------------------------------------------------ GMCP
 
-    def gmcp_received(self, package: str, data: JSONValue) -> bool:
-        """Deliver a client's message; False if it was dropped (the inbox is full)."""
+    def gmcp_received(self, payload: bytes, package: str, data: JSONValue) -> bool:
+        """Deliver a client's message, its payload already decoded to ``package``
+        and ``data``; False if it was dropped (the inbox is full)."""
         callback = self._gmcp_callback
         if callback is not None:
             callback(package, data)
             return True
-        if len(self._inbox) >= self.max_queue:
+        if (
+            len(self._inbox) >= self.max_queue
+            or self._inbox_bytes + len(payload) > MAX_GMCP_QUEUE_BYTES
+        ):
             self.dropped += 1
             return False
-        self._inbox.append((package, data))
+        self._inbox.append(payload)
+        self._inbox_bytes += len(payload)
         self._wake()
         return True
+
+    @property
+    def waiting(self) -> int:
+        """Messages received and not read yet."""
+        return len(self._inbox)
+
+    def _next(self) -> GMCPMessage:
+        payload = self._inbox.popleft()
+        self._inbox_bytes -= len(payload)
+        return gmcp.decode(payload)
 
     def on_gmcp(self, callback: GMCPCallback | None) -> None:
         """Call ``callback(package, data)`` for each message, those queued first."""
         self._gmcp_callback = callback
         if callback is not None:
             while self._inbox:
-                callback(*self._inbox.popleft())
+                callback(*self._next())
 
     async def messages(self) -> AsyncIterator[GMCPMessage]:
         """Each message as it comes, until the connection is gone."""
         while True:
             if self._inbox:
-                yield self._inbox.popleft()
+                yield self._next()
                 continue
             if self._closed:
                 return

@@ -460,7 +460,7 @@ class TelnetServer(BaseServer):
             raise ValueError("GMCP message without GMCP agreed")
         package, data = gmcp.decode(payload)
         try:
-            delivered = self.mud_session().gmcp_received(package, data)
+            delivered = self.mud_session().gmcp_received(payload, package, data)
         except Exception as exc:  # the shell's callback: a shell failure, not the client's
             self._shell_failed(exc)
             return
