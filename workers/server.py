@@ -483,7 +483,8 @@ class TelnetServer(BaseServer):
                 self._shell_failed(exc)
 
     def _on_mccp3(self, payload: bytes) -> None:
-        # the engine stopped right after this: take what follows, compressed or not
+        # the engine stopped right after this: what follows is compressed only
+        # if MCCP3 is on; refused, it is parsed as telnet from the next turn
         if not self._engine.local_enabled(MCCP3) or payload:
             raise ValueError("MCCP3 start without MCCP3 agreed")
         if self.inflating:
