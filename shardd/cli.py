@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import orjson
 
 from shardd import control, logs
-from shardd.config import ConfigError, ServeConfig, build, load_toml
+from shardd.config import ConfigError, ServeConfig, build, load_toml, parse_mssp_flags
 from shardd.status import gc_paused
 
 USAGE_ERROR = 2
@@ -57,6 +57,20 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "charsets a client may choose, by NEW-ENVIRON LANG or CHARSET "
         "(default: UTF-8, ASCII, the ISO-8859 family, the DOS and Windows code pages, "
         "KOI8, Big5, GBK/GB18030, EUC-KR, Shift_JIS, EUC-JP and the like)",
+    ),
+    "offer": (
+        "NAME,...",
+        "MUD options offered: gmcp, msdp, mssp, mccp2, mccp3, or none "
+        "(default gmcp,msdp,mssp, and mccp2,mccp3 with --compression)",
+    ),
+    "compression": (
+        None,
+        "offer MCCP2 and MCCP3 (zlib; about 38 KiB more per compressed session), never over TLS",
+    ),
+    "mssp": (
+        "NAME=VALUE",
+        "an MSSP variable for MUD crawlers (NAME, CONTACT, WEBSITE, ...); repeat the flag "
+        "for more; PLAYERS, UPTIME, PORT and SSL are the server's",
     ),
     "max_sessions": (
         "N",
@@ -125,6 +139,8 @@ def _build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         if metavar is None:
             serve.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        elif name == "mssp":
+            serve.add_argument(flag, metavar=metavar, action="append", default=None, help=text)
         else:
             serve.add_argument(flag, metavar=metavar, default=None, help=text)
 
@@ -158,6 +174,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config:
         file_settings = load_toml(args.config)
     flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
+    if flags["mssp"] is not None:
+        flags["mssp"] = parse_mssp_flags(flags["mssp"])
     cfg = build(file_settings, flags, args.config)
     opts = _session_options(cfg)
     tls_context = _tls_context(cfg)
@@ -182,6 +200,7 @@ def _tls_context(cfg: ServeConfig) -> Any:
 def _session_options(cfg: ServeConfig) -> Any:
     from workers import loader, shells
     from workers.limits import SessionLimits
+    from workers.mud import MudOptions
     from workers.server_base import BaseServer
     from workers.serving import SessionOptions
     from workers.telnet.charsets import Charsets
@@ -206,6 +225,12 @@ def _session_options(cfg: ServeConfig) -> Any:
         limit=cfg.limit,
         limits=SessionLimits(
             charsets=Charsets(cfg.charsets), max_output_buffer=cfg.max_output_buffer
+        ),
+        mud=MudOptions(
+            offer=tuple(cfg.offer),
+            compression=cfg.compression,
+            mssp=dict(cfg.mssp),
+            started=time.time(),
         ),
     )
 

@@ -22,8 +22,10 @@ from typing import Any
 
 from workers.admission import AdmissionLimits
 from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
+from workers.mud import COMPRESSION, DEFAULT_OFFER, OPTION_NAMES
 from workers.serving import ServerSettings
 from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
+from workers.telnet.mssp import MSSPError, check_settings
 from workers.tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 
@@ -59,6 +61,12 @@ class ServeConfig:
     limit: int = 2**16
     charsets: list[str] = field(default_factory=lambda: list(DEFAULT_CHARSETS))
     max_output_buffer: int = DEFAULT_MAX_OUTPUT_BUFFER
+    #: the MUD options offered (gmcp, msdp, mssp; mccp2, mccp3 need compression)
+    offer: list[str] = field(default_factory=lambda: list(DEFAULT_OFFER))
+    #: MCCP2 and MCCP3 (zlib) on plain telnet sessions, never over TLS
+    compression: bool = False
+    #: MSSP variables the operator sets (NAME, CONTACT, WEBSITE, ...)
+    mssp: dict[str, Any] = field(default_factory=dict)
     max_sessions: int = 0
     max_sessions_per_ip: int = AdmissionLimits.max_sessions_per_ip
     max_connect_rate_per_ip: int = AdmissionLimits.max_connect_rate_per_ip
@@ -125,6 +133,9 @@ class ServeConfig:
         self.limit = check_int("limit", self.limit, 64, 2**30)
         self.charsets = check_charsets(self.charsets)
         self.max_output_buffer = check_int("max-output-buffer", self.max_output_buffer, 4096, 2**31)
+        self.offer = check_offer(self.offer)
+        self.compression = check_bool("compression", self.compression)
+        self.mssp = check_mssp(self.mssp)
         self.max_sessions = check_int("max-sessions", self.max_sessions, 0, 10**7)
         self.max_sessions_per_ip = check_int(
             "max-sessions-per-ip", self.max_sessions_per_ip, 0, 60000
@@ -160,6 +171,9 @@ class ServeConfig:
 
     def check_together(self) -> ServeConfig:
         """The checks between settings, once the file and the flags are both in."""
+        named = [name for name in self.offer if name in COMPRESSION]
+        if named and not self.compression:
+            raise ConfigError("offer", f"{', '.join(named)} needs compression on")
         if self.tls_port is None:
             for key in ("certfile", "keyfile"):
                 if getattr(self, key) is not None:
@@ -200,8 +214,12 @@ def build(
         setattr(cfg, name, value)
     cfg.check(source)
     for name, value in flag_settings.items():
-        if value is not None:
-            setattr(cfg, name, value)
+        if value is None:
+            continue
+        if name == "mssp" and isinstance(value, dict):
+            # the flags' variables add to the file's, one by one
+            value = {**cfg.mssp, **value}
+        setattr(cfg, name, value)
     return cfg.check().check_together()
 
 
@@ -296,6 +314,49 @@ def check_charsets(value: Any) -> list[str]:
         except ValueError as exc:
             raise ConfigError("charsets", str(exc)) from None
     return names
+
+
+def check_offer(value: Any) -> list[str]:
+    """MUD option names, a list or one string separated by commas; "none" for none."""
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("offer", f"must be option names separated by commas, not {value!r}")
+    names = [n.strip().lower() for n in names if n.strip()]
+    if names == ["none"]:
+        return []
+    for name in names:
+        if name not in OPTION_NAMES:
+            raise ConfigError(
+                "offer", f"unknown option {name!r}: choose from {', '.join(OPTION_NAMES)} or none"
+            )
+    return list(dict.fromkeys(names))
+
+
+def check_mssp(value: Any) -> dict[str, Any]:
+    """MSSP variables: a table of upper-case names to text, numbers, yes/no or lists."""
+    if not isinstance(value, dict):
+        raise ConfigError("mssp", f"must be a table of MSSP variables, not {value!r}")
+    try:
+        check_settings(value)
+    except MSSPError as exc:
+        raise ConfigError("mssp", str(exc)) from None
+    return value
+
+
+def parse_mssp_flags(items: list[str]) -> dict[str, Any]:
+    """``--mssp KEY=VALUE`` flags as a table; a name given twice gets both values."""
+    table: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError("mssp", f"must be NAME=VALUE, not {item!r}")
+        name = name.strip()
+        if name in table:
+            before = table[name]
+            table[name] = [*before, text] if isinstance(before, list) else [before, text]
+        else:
+            table[name] = text
+    return table
 
 
 def check_encoding(value: Any) -> str | bool:

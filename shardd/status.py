@@ -212,12 +212,13 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
         "protocol_errors": counters.get("protocol_errors", 0),
         "closed_by_server": {
             reason: counters[reason]
-            for reason in ("output_overflow", "idle_timeout")
+            for reason in ("output_overflow", "idle_timeout", "mccp3_broken")
             if counters.get(reason)
         },
         "shell_errors": counters.get("shell_errors", 0),
         # times the channel to the supervisor filled up: it is behind on reports
         "ipc_pauses": counters.get("ipc_pauses", 0),
+        "gmcp_dropped": counters.get("gmcp_dropped", 0),
         "tls_handshake_failures": {
             why: counters[f"tls_handshake_{why}"]
             for why in ("error", "timeout")

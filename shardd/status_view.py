@@ -102,6 +102,8 @@ def _events(counts: dict[str, Any]) -> str:
         parts.append(f"{sum(tls.values())} TLS handshakes failed ({reasons})")
     if counts.get("shell_errors"):
         parts.append(f"{counts['shell_errors']} shell errors")
+    if counts.get("gmcp_dropped"):
+        parts.append(f"{counts['gmcp_dropped']} GMCP messages dropped unread")
     gc = counts.get("gc") or {}
     if gc.get("max_pause_ms"):
         parts.append(f"longest GC pause {gc['max_pause_ms']} ms")

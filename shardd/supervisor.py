@@ -34,6 +34,7 @@ from shardd.control_handlers import SupervisorHandlers
 from workers import ipc
 from workers.peer_table import PeerTable
 from workers.serving import SessionOptions
+from workers.telnet.telopt import MSSP
 from workers.tls import TlsError, TlsListener, load_context
 from workers.worker import WorkerSettings, run_worker
 
@@ -59,6 +60,8 @@ CRASH_BACKOFF_MAX = 0.5
 CRASH_RESET = 10.0
 # How long a status request waits for fresh worker reports.
 STATUS_WAIT = 1.0
+# How often workers are told the sessions of every worker (MSSP PLAYERS)
+PLAYERS_INTERVAL = 1.0
 # Shards that TTIN or `shardd workers +N` may add to those started with.
 EXTRA_SHARDS = 16
 # After a fast stop (QUIT), how long workers get before SIGKILL.
@@ -170,6 +173,9 @@ class Supervisor:
         self.control: control.ControlServer | None = None
         self.status_waiters: list[tuple[float, Callable[[], None]]] = []
         self.next_cpu_sample = 0.0
+        # only a server that answers MSSP needs its workers told the total
+        self.tell_players = MSSP in opts.mud.options
+        self.players_at = 0.0
         self._wakeup_r = self._wakeup_w = -1
 
     # ------------------------------------------------------------ start-up
@@ -516,6 +522,8 @@ class Supervisor:
             return
         handle.state = "serving"
         handle.serving_since = time.monotonic()
+        if self.tell_players:
+            self._send(handle, ipc.PLAYERS, sessions=self.peer_table.sessions())
         shard = self.shard(handle.shard)
         if self.stopping:
             self._send(handle, ipc.STOP)
@@ -676,6 +684,16 @@ class Supervisor:
                 handle.sample_cpu(now)
         self._roll(now)
         self._answer_status_waiters(now)
+        if self.tell_players and now >= self.players_at:
+            self.players_at = now + PLAYERS_INTERVAL
+            self._tell_players()
+
+    def _tell_players(self) -> None:
+        """Every worker's sessions, summed from the shared table, to each worker."""
+        total = self.peer_table.sessions()
+        for handle in self.workers.values():
+            if handle.state in ("serving", "draining") and not handle.replaced:
+                self._send(handle, ipc.PLAYERS, sessions=total)
 
     def _roll(self, now: float) -> None:
         if self.rolling_new is not None or not self.rolling:

@@ -37,6 +37,11 @@ REPORTED_KEYS = (
     "MTTS",
     "tspeed",
     "xdisploc",
+    "gmcp",
+    "msdp",
+    "mssp",
+    "mccp2",
+    "mccp3",
 )
 REPORT_PREFIX = "REPORT "
 
@@ -244,3 +249,66 @@ async def spin(reader: Any, writer: Any) -> None:
         while time.perf_counter() < busy_until:
             pass
         await asyncio.sleep(0)
+
+
+async def mud(reader: Any, writer: Any) -> None:
+    """GMCP, MSDP and the MUD options seen: for tests/test_mud_server.py.
+
+    Each GMCP message comes back as ``Echo.Reply`` {"package", "data"}; a line
+    ``hp N`` sets MSDP HEALTH to N; ``options`` writes the MUD options that
+    are on as a JSON line; ``big N`` writes N lines; other lines are echoed.
+    """
+
+    async def gmcp_echo() -> None:
+        async for package, data in writer.gmcp_messages():
+            writer.send_gmcp("Echo.Reply", {"package": package, "data": data})
+
+    echo_task = asyncio.ensure_future(gmcp_echo())
+    writer.msdp_update("HEALTH", "100")
+    writer.msdp_update("ROOM", {"VNUM": "1", "NAME": "Start"})
+    _write(writer, "mud ready\r\n")
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            text = line.strip() if isinstance(line, str) else line.decode().strip()
+            if text.startswith("hp "):
+                writer.msdp_update("HEALTH", text[3:])
+                _write(writer, f"health {text[3:]}\r\n")
+            elif text == "options":
+                seen = {
+                    k: writer.get_extra_info(k) for k in ("gmcp", "msdp", "mssp", "mccp2", "mccp3")
+                }
+                _write(writer, "OPTIONS " + json.dumps(seen) + "\r\n")
+            elif text.startswith("big "):
+                for n in range(int(text[4:])):
+                    _write(writer, f"line {n} of the big output, to compress\r\n")
+                _write(writer, "big done\r\n")
+            else:
+                _write(writer, f"echo {text}\r\n")
+    finally:
+        echo_task.cancel()
+
+
+async def mud_callback(reader: Any, writer: Any) -> None:
+    """GMCP by callback: each message comes back as ``Echo.Callback``; MSDP
+    variables that are not commands come back as GMCP ``Echo.MSDP``."""
+    writer.on_gmcp(lambda package, data: writer.send_gmcp("Echo.Callback", [package, data]))
+    writer.on_msdp(lambda name, value: writer.send_gmcp("Echo.MSDP", [name, value]))
+    _write(writer, "mud ready\r\n")
+    while await reader.read(65536):
+        pass
+
+
+async def mud_unread(reader: Any, writer: Any) -> None:
+    """Reads no GMCP until the line ``count``: then says how many messages waited."""
+    _write(writer, "mud ready\r\n")
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        if line.strip() == "count":
+            session = writer.protocol.mud_session()
+            waiting = session.waiting
+            _write(writer, f"COUNT {waiting} DROPPED {session.dropped}\r\n")

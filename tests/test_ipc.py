@@ -39,3 +39,11 @@ def test_a_malformed_client_field_is_a_bad_frame(field: str, value: object) -> N
 def test_an_entry_of_the_old_length_is_a_bad_frame() -> None:
     with pytest.raises(ipc.FrameError, match="wrong shape"):
         _report(GOOD[:6] + GOOD[8:])
+
+
+def test_the_players_message_carries_a_whole_count() -> None:
+    (message,) = ipc.Decoder().feed(ipc.pack(ipc.PLAYERS, sessions=42))
+    assert message == {"t": ipc.PLAYERS, "sessions": 42}
+    for bad in ("42", 4.2, True, None):
+        with pytest.raises(ipc.FrameError):
+            list(ipc.Decoder().feed(ipc.pack(ipc.PLAYERS, sessions=bad)))

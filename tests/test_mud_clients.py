@@ -142,6 +142,22 @@ def test_tintin_reaches_its_shell_without_waiting_and_is_known(play) -> None:
     assert "negotiation incomplete" not in tintin.server.log_text()
 
 
+def test_tintin_compresses_both_ways_with_compression_on(play) -> None:
+    """TinTin++ agrees to MCCP2 and MCCP3: what it is sent and what is typed
+    into it cross compressed, and nothing else changes."""
+    tintin = play("tintin", "--compression")
+    seen = tintin.report(1)
+    assert seen["shell_started_after"] < MAXWAIT / 3, seen
+    tintin.type(UTF8_LINE)
+    tintin.child.expect(f"You said: {UTF8_LINE}")
+    tintin.type("report")
+    seen = tintin.report(2)
+    assert (seen["mccp2"], seen["mccp3"]) == (True, True), seen
+    assert seen["last_line"] == UTF8_LINE
+    tintin.news_starts_a_line()  # prompts still marked, inside the stream
+    assert "WARNING" not in tintin.server.log_text()
+
+
 def test_tintin_utf8_round_trip(play) -> None:
     tintin = play("tintin")
     tintin.report(1)

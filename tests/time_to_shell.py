@@ -100,6 +100,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="one more argument for shardd serve (repeat it), e.g. --serve-arg=--compression",
+    )
+    parser.add_argument(
         "--root",
         type=Path,
         default=ROOT,
@@ -120,6 +126,7 @@ def main() -> None:
             "tests.protocols_for_tests:FirstByteTimed",
             "--connect-maxwait",
             "4",
+            *args.serve_arg,
             cwd=args.root,
         )
         results: dict[str, dict[str, object]] = {}

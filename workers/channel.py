@@ -155,6 +155,9 @@ class SupervisorChannel:
         elif kind == ipc.STATUS:
             self._reply_wanted = True
             self._schedule_report(now=True)
+        elif kind == ipc.PLAYERS:
+            if self.server is not None:
+                self.server.sessions.mud.total_sessions = message["sessions"]
         else:
             log.warning("shard %d: unexpected %r from the supervisor", self.shard, kind)
 

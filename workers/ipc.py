@@ -31,7 +31,8 @@ HEARTBEAT = "heartbeat"  # time: sent from inside the worker's event loop
 OPEN = "open"  # sessions: [[id, peer, connected_at], ...] first seen since the last report
 CLOSE = "close"  # id
 # time, accepted, counters: {name: count} of the worker's events (refused:<reason>,
-# protocol_errors, output_overflow, idle_timeout, shell_errors), sessions:
+# protocol_errors, output_overflow, idle_timeout, mccp3_broken, gmcp_dropped,
+# shell_errors), sessions:
 # [SESSION_FIELDS...], last: bool, reply: bool
 REPORT = "report"
 STOPPING = "stopping"  # sessions: how many are left as the worker winds down
@@ -40,6 +41,7 @@ STOPPING = "stopping"  # sessions: how many are left as the worker winds down
 STOP = "stop"  # graceful: stop accepting, goodbye, close sessions, exit
 DRAIN = "drain"  # stop accepting; keep sessions until they end or the graceful timeout
 STATUS = "status"  # send a report now (reply=True on its last frame)
+PLAYERS = "players"  # sessions: live sessions of every worker (MSSP PLAYERS), every second
 
 # The order of a session's values inside a report.
 SESSION_FIELDS = (
@@ -79,6 +81,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     STOP: {},
     DRAIN: {},
     STATUS: {},
+    PLAYERS: {"sessions": (int,)},
 }
 _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),

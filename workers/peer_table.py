@@ -55,6 +55,11 @@ class PeerTable:
         self.clear(row)
         return PeerCounts(self, row)
 
+    def sessions(self) -> int:
+        """Live sessions of every worker (what each counts in its row's header)."""
+        header = self._header
+        return sum(header[2 * r + 1] for r in self.live_rows())
+
     def live_rows(self) -> list[int]:
         header = self._header
         return [r for r in range(self.rows) if header[2 * r]]

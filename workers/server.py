@@ -1,4 +1,5 @@
-"""TelnetServer: negotiates terminal type, window size, environment, charset, binary, EOR."""
+"""TelnetServer: negotiates terminal type, window size, environment, charset, binary, EOR,
+and the MUD protocols (GMCP, MSDP, MSSP, MCCP2, MCCP3) the server offers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import functools
 from typing import Any
 
 from workers.server_base import BaseServer
-from workers.telnet import mtts, options
+from workers.telnet import gmcp, mtts, options
 from workers.telnet.charsets import Charsets
 from workers.telnet.engine import WANTYES
 from workers.telnet.telopt import (
@@ -22,7 +23,12 @@ from workers.telnet.telopt import (
     ENV_USERVAR,
     ENV_VAR,
     EOR,
+    GMCP,
     IS,
+    MCCP2,
+    MCCP3,
+    MSDP,
+    MSSP,
     NAWS,
     NEW_ENVIRON,
     SEND,
@@ -77,6 +83,17 @@ _OWN_KEYS = frozenset({"client_name", "mtts"})
 
 # NEW-ENVIRON variables that say who the client is (MNES, the MUD convention)
 _IDENTITY_VARS = frozenset({"TERM", "TERMINAL_TYPE", "CLIENT_NAME", "MTTS"})
+
+# get_extra_info's MUD keys: whether each is on now
+_MUD_KEYS = frozenset({"gmcp", "msdp", "mssp", "mccp2", "mccp3"})
+_MUD_LOCAL = {"gmcp": GMCP, "msdp": MSDP, "mssp": MSSP}
+# the order options are offered in: before the timing mark, then after it.
+# MCCP last: a client may answer WILL MCCP3 with IAC SB MCCP3 IAC SE and
+# compress only from the end of the segment it is reading (telnetlib3 does),
+# sending its replies to whatever follows in that segment plain.
+_MUD_FIRST = (GMCP, MSDP, MSSP)
+_MUD_LAST = (MCCP2, MCCP3)
+_STOP_AT_MCCP3 = frozenset({MCCP3})
 
 
 class TelnetServer(BaseServer):
@@ -157,7 +174,19 @@ class TelnetServer(BaseServer):
 
     def begin_negotiation(self) -> None:
         super().begin_negotiation()
-        self._engine.request_remote(TTYPE)
+        engine = self._engine
+        engine.request_remote(TTYPE)
+        offer = self._mud_offer()
+        for opt in offer:
+            # a client may ask first (DO GMCP, DO MCCP2): agreed to as if offered
+            engine.accept_local(opt)
+        if MCCP3 in offer:
+            # the client's IAC SB MCCP3 IAC SE: what follows is compressed, not telnet
+            engine.stop_after_sb = _STOP_AT_MCCP3
+
+    def _mud_offer(self) -> frozenset[int]:
+        mud = self.mud
+        return mud.tls_offer if self.get_extra_info("tls") else mud.plain_offer
 
     def begin_advanced_negotiation(self) -> None:
         super().begin_advanced_negotiation()
@@ -168,11 +197,20 @@ class TelnetServer(BaseServer):
         engine.request_remote(NAWS)
         engine.request_remote(NEW_ENVIRON)
         engine.request_remote(CHARSET)
+        # in the same write as the mark; they settle in the background: the
+        # shell never waits for them (_options_unsettled)
+        offer = self._mud_offer()
+        for opt in _MUD_FIRST:
+            if opt in offer:
+                engine.request_local(opt)
         # a shell that declares character mode (writer.starts_in) has it claimed
         # now, with the rest, rather than a round trip after it starts
         if getattr(self.shell, "telnet_mode", "line") == "character" and self.writer is not None:
             self.writer.set_mode("character", send=False)
         self._mark()
+        for opt in _MUD_LAST:
+            if opt in offer:
+                engine.request_local(opt)
 
     def check_negotiation(self, final: bool = False) -> bool:
         parent = super().check_negotiation(final)
@@ -258,7 +296,9 @@ class TelnetServer(BaseServer):
         """The protocol's own values, then the transport's, then NEW-ENVIRON variables.
 
         Besides ``TERM`` (the terminal type, lower case), ``cols``, ``rows`` and
-        ``charset``: ``client_name`` (a MUD client's name, from its TTYPE cycle
+        ``charset``: ``gmcp``, ``msdp``, ``mssp`` (whether the client agreed),
+        ``mccp2`` (our output is compressed now), ``mccp3`` (the client's
+        input is), ``client_name`` (a MUD client's name, from its TTYPE cycle
         or NEW-ENVIRON CLIENT_NAME), ``mtts`` (its :class:`~workers.telnet.mtts.Mtts`
         flags) and ``ttype1``..``ttypeN`` (the TTYPE replies as sent).
         """
@@ -268,6 +308,12 @@ class TelnetServer(BaseServer):
             return value
         if name in _OWN_KEYS:
             return default
+        if name in _MUD_KEYS:
+            if name == "mccp2":
+                return self.compressing
+            if name == "mccp3":
+                return self.inflating
+            return self._engine.local_enabled(_MUD_LOCAL[name])
         if name == "charset":
             return self.encoding(incoming=True)
         if name == "term":
@@ -333,6 +379,10 @@ class TelnetServer(BaseServer):
         if option == BINARY:
             self._update_codecs()
         elif local:
+            if option == MCCP2:
+                self.start_compressing()
+            elif option == MSSP:
+                self._send_mssp()
             return
         elif option == TM:
             self._mark_answered()
@@ -378,6 +428,10 @@ class TelnetServer(BaseServer):
         if option == BINARY:
             self._update_codecs()
         if local:
+            if option == MCCP2:
+                self.stop_compressing()
+            elif option == MSDP and self._mud is not None:
+                self._mud.msdp.reset()
             return
         if option == TM:
             self._mark_answered()
@@ -393,6 +447,49 @@ class TelnetServer(BaseServer):
             ):
                 if opt == option:
                     self._received_reply(key)
+
+    # ------------------------------------------------------------ MUD protocols
+
+    def _send_mssp(self) -> None:
+        self._engine.send_subnegotiation(
+            MSSP, self.mud.mssp_payload(tls=bool(self.get_extra_info("tls")))
+        )
+
+    def _on_gmcp(self, payload: bytes) -> None:
+        if not self._engine.local_enabled(GMCP):
+            raise ValueError("GMCP message without GMCP agreed")
+        package, data = gmcp.decode(payload)
+        try:
+            delivered = self.mud_session().gmcp_received(payload, package, data)
+        except Exception as exc:  # the shell's callback: a shell failure, not the client's
+            self._shell_failed(exc)
+            return
+        if not delivered:
+            self.counters["gmcp_dropped"] += 1
+
+    def _on_msdp(self, payload: bytes) -> None:
+        if not self._engine.local_enabled(MSDP):
+            raise ValueError("MSDP data without MSDP agreed")
+        session = self.mud_session()
+        received = session.msdp.receive(payload)
+        for reply in received.replies:
+            self._engine.send_subnegotiation(MSDP, reply)
+        callback = session.msdp_callback
+        if callback is not None:
+            try:
+                for name, value in received.variables:
+                    callback(name, value)
+            except Exception as exc:  # the shell's callback: a shell failure, not the client's
+                self._shell_failed(exc)
+
+    def _on_mccp3(self, payload: bytes) -> None:
+        # the engine stopped right after this: what follows is compressed only
+        # if MCCP3 is on; refused, it is parsed as telnet from the next turn
+        if not self._engine.local_enabled(MCCP3) or payload:
+            raise ValueError("MCCP3 start without MCCP3 agreed")
+        if self.inflating:
+            raise ValueError("MCCP3 start inside a compressed stream")
+        self.take_compressed_input()
 
     def on_command(self, cmd: int) -> None:
         if cmd == AYT:
@@ -578,4 +675,7 @@ class TelnetServer(BaseServer):
         TSPEED: lambda self, p: self._on_value("tspeed", p),
         XDISPLOC: lambda self, p: self._on_value("xdisploc", p),
         STATUS: _on_status,
+        GMCP: _on_gmcp,
+        MSDP: _on_msdp,
+        MCCP3: _on_mccp3,
     }

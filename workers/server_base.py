@@ -19,8 +19,10 @@ from typing import Any, cast
 
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.log_limits import PROTOCOL_WARNINGS
+from workers.mud import DEFAULT_MUD, MudServer, MudSession
 from workers.stream_reader import DEFAULT_LIMIT, TelnetReader
 from workers.stream_writer import TelnetWriter
+from workers.telnet import mccp
 from workers.telnet.engine import (
     DATA,
     HELD,
@@ -40,6 +42,8 @@ TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 _READER_FULL = 1  # the shell has not taken what was read (twice the reader's limit)
 _OUTPUT_FULL = 2  # the client has not taken what was written (the high-water mark)
 _PARSING = 4  # the engine holds received bytes it has not parsed yet (its budget)
+_INFLATING = 8  # compressed input (MCCP3) is waiting to be inflated, a chunk a turn
+_WORK = _PARSING | _INFLATING  # holds that go on by themselves, a turn at a time
 
 # A session whose client leaves too much output unread gets this, then
 # OVERFLOW_GRACE_SECONDS to take it before its connection is aborted.
@@ -57,6 +61,8 @@ QUEUE_FLUSH_AT = 2**16
 
 
 _NO_EXTRA: dict[str, Any] = {}
+# the MUD settings of a protocol made outside a Server: nothing offered
+_NO_MUD = MudServer(DEFAULT_MUD)
 # the counts of a protocol no server counts for (made outside a Server)
 _UNCOUNTED: Counter[str] = Counter()
 
@@ -86,14 +92,19 @@ class BaseServer(asyncio.Protocol):
         "_acknowledged",
         "_advanced",
         "_check_later",
+        "_deflate",
         "_drain_waiters",
         "_encoding_errors",
         "_engine",
         "_extra",
+        "_handover",
+        "_held_soon",
+        "_inflate",
         "_last_received",
         "_limit",
         "_loop",
         "_lost",
+        "_mud",
         "_queued",
         "_read_holds",
         "_shell_task",
@@ -108,6 +119,7 @@ class BaseServer(asyncio.Protocol):
         "force_binary",
         "limits",
         "log",
+        "mud",
         "peer_host",
         "protocol_errors",
         "reader",
@@ -161,7 +173,8 @@ class BaseServer(asyncio.Protocol):
         #: the connection is gone or being closed by us: output is dropped
         self.closed = False
         self._lost = False  # connection_lost was called
-        self._read_holds = 0  # why reading is paused: _READER_FULL, _OUTPUT_FULL, _PARSING
+        self._read_holds = 0  # why reading is paused: _READER_FULL, _OUTPUT_FULL, _WORK
+        self._held_soon = False  # _parse_held is scheduled
         self._check_later: asyncio.TimerHandle | None = None
         self._shell_task: asyncio.Task[Any] | None = None
         #: the transport's write buffer is over its high-water mark
@@ -179,6 +192,15 @@ class BaseServer(asyncio.Protocol):
         self.limits: SessionLimits = DEFAULT_LIMITS
         #: the server's event counts, shared by its sessions (set likewise)
         self.counters: Counter[str] = _UNCOUNTED
+        #: the MUD protocols offered, and the server's live figures (set likewise)
+        self.mud: MudServer = _NO_MUD
+        # MCCP2: our output's compressor; MCCP3: the client's input's decompressor
+        self._deflate: mccp.Compressor | None = None
+        self._inflate: mccp.Decompressor | None = None
+        # received bytes the engine stopped before (IAC SB MCCP3 IAC SE), to
+        # be inflated, or parsed again, once what came before is handled
+        self._handover: bytes | None = None
+        self._mud: MudSession | None = None  # GMCP and MSDP state, once used
 
     # -------------------------------------------------------------- asyncio side
 
@@ -228,6 +250,12 @@ class BaseServer(asyncio.Protocol):
         """Process bytes received by transport."""
         self._last_received = _monotonic()
         self.rx_bytes += len(data)
+        if self._inflate is not None:
+            sent = self.tx_bytes
+            self._inflate_input(data)
+            if self.tx_bytes == sent and not self._waiter_connected.done():
+                self._ack_now()  # the negotiation goes on inside the stream
+            return
         engine = self._engine
         # the engine's own fast path, checked here to save a call per chunk:
         # between sequences, a chunk without IAC is all in-band data, and
@@ -266,19 +294,85 @@ class BaseServer(asyncio.Protocol):
             self.flush()
         if inband:
             self.reader.feed_data(inband)  # type: ignore[union-attr]
+        handover = self._handover
+        if handover is not None:
+            # what followed IAC SB MCCP3 IAC SE: compressed, if MCCP3 started
+            self._handover = None
+            if self._read_holds & _PARSING:
+                self._release_reading(_PARSING)
+            self._inflate_input(handover)
+            return
         if engine.parser_state == HELD:
             # the engine stopped at its budget: the rest waits for a later turn
             # of the loop, so that a flood of commands cannot starve other sessions
             self._hold_reading(_PARSING)
-            if self._read_holds == _PARSING:
-                self._loop.call_soon(self._parse_held)
+            self._schedule_held()
         elif self._read_holds & _PARSING:
             self._release_reading(_PARSING)
 
-    def _parse_held(self) -> None:
+    def _schedule_held(self) -> None:
         # another hold (a full reader, unread output) defers the rest until released
-        if not self._lost and self._read_holds == _PARSING:
+        if not self._held_soon and not self._read_holds & ~_WORK:
+            self._held_soon = True
+            self._loop.call_soon(self._parse_held)
+
+    def _parse_held(self) -> None:
+        """The next turn's share of held work: parsing first, then inflating."""
+        self._held_soon = False
+        if self._lost or self._read_holds & ~_WORK:
+            return
+        if self._read_holds & _PARSING:
             self._parse(b"")
+        elif self._read_holds & _INFLATING:
+            self._inflate_input(b"")
+
+    # ------------------------------------------------------- compressed input
+
+    def take_compressed_input(self) -> None:
+        """Called on the client's ``IAC SB MCCP3 IAC SE`` (MCCP3 agreed): what
+        follows it is a zlib stream, inflated before it is parsed.
+
+        Not called (a refused or repeated start), the engine parses what
+        follows as telnet, from the next loop turn."""
+        if self._inflate is None:
+            self._handover = self._engine.take_held()
+            self._inflate = mccp.Decompressor()
+
+    def _inflate_input(self, data: bytes) -> None:
+        inflate = self._inflate
+        if inflate is None:  # the stream ended while this waited
+            if data:
+                self._parse(data)
+            return
+        try:
+            plain, rest = inflate.decompress(data)
+        except mccp.MCCPError as exc:
+            self._broken_stream(exc)
+            return
+        if inflate.finished:
+            # the client ended its stream: what follows is plain telnet again
+            self._inflate = None
+        if plain or rest:
+            self._parse(plain + rest if rest else plain)
+        if self._lost or self.closed:
+            return
+        if inflate.pending and self._inflate is inflate:
+            self._hold_reading(_INFLATING)
+            self._schedule_held()
+        elif self._read_holds & _INFLATING:
+            self._release_reading(_INFLATING)
+
+    def _broken_stream(self, exc: Exception) -> None:
+        """A client's compressed stream that cannot be inflated: one line, and the
+        session is closed (nothing after it can be parsed)."""
+        self._inflate = None
+        self.protocol_errors += 1
+        self.counters["protocol_errors"] += 1
+        self.counters["mccp3_broken"] += 1
+        PROTOCOL_WARNINGS.warning(
+            self.log, self._peer_host(), "%s: MCCP3: %s; closing", self.peer, exc
+        )
+        self._close_transport()
 
     def eof_received(self) -> bool:
         """Called when the other end calls write_eof() or equivalent.
@@ -317,6 +411,9 @@ class BaseServer(asyncio.Protocol):
         if task is not None and not task.done():
             self._loop.call_later(SHELL_GRACE_SECONDS, task.cancel)
         self._wake_drainers(exc or ConnectionResetError("connection lost"))
+        self._deflate = self._inflate = None
+        if self._mud is not None:
+            self._mud.close()
         if not self._waiter_closed.done():
             self._waiter_closed.set_result(self)
 
@@ -342,8 +439,9 @@ class BaseServer(asyncio.Protocol):
             return
         if not self._read_holds:
             self._transport.resume_reading()
-        elif self._read_holds == _PARSING and why != _PARSING:
-            self._loop.call_soon(self._parse_held)
+        elif not self._read_holds & ~_WORK:
+            # only held work is left: go on with it (parse, or inflate)
+            self._schedule_held()
 
     def _reader_full(self) -> None:
         self._hold_reading(_READER_FULL)
@@ -371,7 +469,7 @@ class BaseServer(asyncio.Protocol):
             limit,
         )
         self._queued = None
-        transport.write(OVERFLOW_GOODBYE)
+        self._write(OVERFLOW_GOODBYE)
         self.closed = True  # later writes are dropped, and drain() raises
         transport.close()
         # close() waits for the buffer to drain, which a client that never
@@ -409,7 +507,7 @@ class BaseServer(asyncio.Protocol):
         if self._queued is not None:
             self.queue(data)
             return
-        self._transport.write(data)  # type: ignore[union-attr]
+        self._write(data)
         if self.writing_paused:
             self.check_output()
 
@@ -448,9 +546,58 @@ class BaseServer(asyncio.Protocol):
         self._queued = None
         if self.closed:
             return
-        self._transport.write(queued)  # type: ignore[union-attr]
+        self._write(queued)
         if self.writing_paused:
             self.check_output()
+
+    def _write(self, data: bytes | bytearray) -> None:
+        """Every byte to the client goes out here: through the compressor while
+        MCCP2 is on (a sync flush per write, so the client inflates it at once)."""
+        deflate = self._deflate
+        if deflate is not None:
+            data = deflate.compress(data)
+        self._transport.write(data)  # type: ignore[union-attr]
+
+    def start_compressing(self) -> None:
+        """MCCP2: send ``IAC SB MCCP2 IAC SE`` after everything so far, then
+        compress all further output (the client agreed: DO MCCP2)."""
+        if self._deflate is not None or self.closed:
+            return
+        self.flush()
+        self._send(mccp.START_MCCP2)
+        self.flush_output()
+        if self.closed:
+            return
+        self._deflate = mccp.Compressor()
+
+    def stop_compressing(self) -> None:
+        """MCCP2 off (DONT MCCP2): end the stream after what is queued; plain from then."""
+        deflate = self._deflate
+        if deflate is None:
+            return
+        self.flush_output()
+        self._deflate = None
+        if not self.closed and self._transport is not None:
+            self._transport.write(deflate.end())
+
+    def mud_session(self) -> MudSession:
+        """This session's GMCP inbox and MSDP variables, made on first use."""
+        mud = self._mud
+        if mud is None:
+            mud = self._mud = MudSession(self.mud.options.max_gmcp_queue)
+            if self._lost:  # asked for after the end: its iterators end at once
+                mud.close()
+        return mud
+
+    @property
+    def compressing(self) -> bool:
+        """Whether output is compressed now (MCCP2)."""
+        return self._deflate is not None
+
+    @property
+    def inflating(self) -> bool:
+        """Whether the client's input is compressed now (MCCP3)."""
+        return self._inflate is not None
 
     # ------------------------------------------------------------ properties
 

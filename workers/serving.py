@@ -34,6 +34,7 @@ from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
 from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
+from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
@@ -63,6 +64,8 @@ class SessionOptions:
     connect_maxwait: float = 4.0
     limit: int | None = None
     limits: SessionLimits = DEFAULT_LIMITS
+    #: the MUD protocols offered (GMCP, MSDP, MSSP, MCCP) and MSSP's variables
+    mud: MudOptions = DEFAULT_MUD
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class Sessions:
         #: what happened to sessions, by kind (protocol_errors, ...), for reports
         self.counters: Counter[str] = Counter()
         self.on_close: Callable[[int], None] | None = None
+        #: the MUD settings and live figures every session of this server reads
+        self.mud = MudServer(opts.mud, lambda: len(self.live))
 
     def new(self, *, tls: bool = False) -> BaseServer:
         """A protocol instance for a connection being served, registered as live.
@@ -123,6 +128,7 @@ class Sessions:
             protocol.shared_extra = self.shared_extra
         protocol.limits = opts.limits
         protocol.counters = self.counters
+        protocol.mud = self.mud
         self.accepted += 1
         self.live[protocol] = self.accepted
         protocol._waiter_closed.add_done_callback(self._closed)
@@ -225,6 +231,10 @@ class Server:
         self.tls = tls
         self._handshake = Handshake(tls.context, tls.handshake_timeout) if tls else None
         self.sessions = Sessions(opts, shared_extra, ended=self._session_ended)
+        # what MSSP tells crawlers (PORT, SSL)
+        self.sessions.mud.port = sock.getsockname()[1]
+        if tls is not None:
+            self.sessions.mud.tls_port = tls.sock.getsockname()[1]
         self.settings = settings = settings or ServerSettings()
         self.backlog = settings.backlog
         self.graceful_timeout = settings.graceful_timeout

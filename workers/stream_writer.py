@@ -11,13 +11,29 @@ echoes. ``hide_input`` claims ECHO alone and echoes nothing: a password prompt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from workers.telnet import gmcp, msdp
 from workers.telnet.engine import escape
-from workers.telnet.telopt import DO, DONT, ECHO, EOR, EOR_CMD, GA, IAC, IAC_BYTE, SGA, WILL, WONT
+from workers.telnet.telopt import (
+    DO,
+    DONT,
+    ECHO,
+    EOR,
+    EOR_CMD,
+    GA,
+    GMCP,
+    IAC,
+    IAC_BYTE,
+    MSDP,
+    SGA,
+    WILL,
+    WONT,
+)
 
 if TYPE_CHECKING:
+    from workers.mud import GMCPCallback, GMCPMessage, MSDPCallback
     from workers.server_base import BaseServer
 
 Mode = Literal["line", "character"]
@@ -224,6 +240,61 @@ class TelnetWriter:
             sent = True
         self._send_requests()
         return sent
+
+    # ------------------------------------------------------- MUD protocols
+
+    def send_gmcp(self, package: str, data: object = None) -> bool:
+        """Send a GMCP message (``Char.Vitals``, ``{"hp": 10}``); False, and
+        nothing sent, unless the client agreed to GMCP.
+
+        ``data`` is sent as JSON (None: no data). Raises ValueError for a bad
+        package name, TypeError or ValueError for data JSON cannot carry.
+        """
+        if not self._protocol.engine.local_enabled(GMCP):
+            return False
+        self._protocol.engine.send_subnegotiation(GMCP, gmcp.encode(package, data))
+        self._send_requests()
+        return True
+
+    def gmcp_messages(self) -> AsyncIterator[GMCPMessage]:
+        """The client's GMCP messages, ``(package, data)``, as they come:
+        ``async for package, data in writer.gmcp_messages()``; ends when the
+        connection does. At most ``workers.mud.MAX_GMCP_QUEUE`` wait unread;
+        later ones are dropped (and counted, ``gmcp_dropped``)."""
+        return self._protocol.mud_session().messages()
+
+    def on_gmcp(self, callback: GMCPCallback | None) -> None:
+        """Call ``callback(package, data)`` for each GMCP message from the client
+        instead of queueing it (those already queued first); None: queue again."""
+        self._protocol.mud_session().on_gmcp(callback)
+
+    def msdp_update(self, name: str, value: msdp.Encodable) -> bool:
+        """Set the MSDP variable ``name``: a client may now SEND and REPORT it,
+        and one that asked for its REPORT gets the new value at once (True)."""
+        session = self._protocol.mud_session()
+        if not session.msdp_set(name, value):
+            return False
+        return self.send_msdp({name: value})
+
+    def msdp_updates(self, values: Mapping[str, msdp.Encodable]) -> bool:
+        """Set several MSDP variables; those reported go out in one message."""
+        session = self._protocol.mud_session()
+        reported = [name for name, value in values.items() if session.msdp_set(name, value)]
+        return bool(reported) and self.send_msdp({name: values[name] for name in reported})
+
+    def send_msdp(self, variables: Mapping[str, msdp.Encodable]) -> bool:
+        """Send MSDP variables as they are (nothing is remembered); False, and
+        nothing sent, unless the client agreed to MSDP."""
+        if not self._protocol.engine.local_enabled(MSDP):
+            return False
+        self._protocol.engine.send_subnegotiation(MSDP, msdp.encode(variables))
+        self._send_requests()
+        return True
+
+    def on_msdp(self, callback: MSDPCallback | None) -> None:
+        """Call ``callback(name, value)`` for each MSDP variable the client sends
+        that is not a command (CLIENT_NAME, ...); without one they are dropped."""
+        self._protocol.mud_session().msdp_callback = callback
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high-water mark."""

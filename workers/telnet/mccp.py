@@ -114,7 +114,7 @@ class Compressor:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | bytearray) -> bytes:
         """``data`` compressed and flushed (Z_SYNC_FLUSH); b"" for b""."""
         if self.finished:
             raise RuntimeError("the compressed stream has ended")
