@@ -43,7 +43,7 @@ from shardd.loadtest.target import (
     open_session,
     rotation,
 )
-from shardd.loadtest.verify import Record, record
+from shardd.loadtest.verify import CountedSession
 from workers.telnet.client import TelnetClientSession
 
 _perf = time.perf_counter
@@ -99,7 +99,7 @@ class EchoResult(Result):
         }
 
 
-class EchoSession(asyncio.Protocol):
+class EchoSession(CountedSession, asyncio.Protocol):
     """One session: send a message, wait for all of it to come back, repeat."""
 
     transport: asyncio.Transport  # set on connection, before anyone else has the session
@@ -125,16 +125,6 @@ class EchoSession(asyncio.Protocol):
     def _send(self) -> None:
         self.sent_at = _perf()
         self.write(self.run.payload)
-
-    def write(self, data: bytes) -> None:
-        self.tx += len(data)
-        self.transport.write(data)
-
-    def record(self) -> Record:
-        """What this session knows of itself, for ``--verify``."""
-        term = self.telnet.terminal
-        sockname = self.transport.get_extra_info("sockname")
-        return record(sockname, self.rx, self.tx, term.term, term.cols, term.rows)
 
     def data_received(self, data: bytes) -> None:
         self.rx += len(data)

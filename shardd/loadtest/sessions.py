@@ -24,7 +24,7 @@ from shardd.loadtest.target import (
     lost_failure,
     open_session,
 )
-from shardd.loadtest.verify import Record, record
+from shardd.loadtest.verify import CountedSession
 from workers.telnet.client import TelnetClientSession
 
 PROBE = b"\x00"
@@ -58,7 +58,7 @@ class Tally:
             self.sources[sockname[0]] += 1
 
 
-class SetupSession(asyncio.Protocol):
+class SetupSession(CountedSession, asyncio.Protocol):
     """A connect, idle or storm session: set up at the first in-band byte.
 
     ``ready`` gets the perf_counter time of that byte, or the failure kind
@@ -71,11 +71,9 @@ class SetupSession(asyncio.Protocol):
         "closing",
         "lost",
         "ready",
-        "rx",
         "tally",
         "telnet",
         "transport",
-        "tx",
     )
 
     transport: asyncio.Transport  # set on connection, before anyone else has the session
@@ -99,16 +97,6 @@ class SetupSession(asyncio.Protocol):
             self.tally.negotiation_timeout, self._negotiation_expired
         )
         self.write(PROBE)
-
-    def write(self, data: bytes) -> None:
-        self.tx += len(data)
-        self.transport.write(data)
-
-    def record(self) -> Record:
-        """What this session knows of itself, for ``--verify``."""
-        term = self.telnet.terminal
-        sockname = self.transport.get_extra_info("sockname")
-        return record(sockname, self.rx, self.tx, term.term, term.cols, term.rows)
 
     def _negotiation_expired(self) -> None:
         self._timer = None

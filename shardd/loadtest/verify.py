@@ -11,10 +11,13 @@ session agrees or the settle interval has passed: a worker reports every
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from workers.telnet.client import TelnetClientSession
 
 #: a session as its client saw it: [peer, rx_bytes, tx_bytes, term, cols, rows]
 Record = list[Any]
@@ -25,6 +28,28 @@ EXAMPLES = 5
 # in the summary's failures: a run whose server miscounts does not pass
 DISAGREE = "status disagrees"
 UNREADABLE = "status unreadable"
+
+
+class CountedSession:
+    """A load-test session that counts its bytes on the wire, telnet commands
+    included, as the server counts them, and can say what it knows of itself."""
+
+    __slots__ = ("rx", "tx")
+
+    transport: asyncio.Transport
+    telnet: TelnetClientSession
+    rx: int
+    tx: int
+
+    def write(self, data: bytes) -> None:
+        self.tx += len(data)
+        self.transport.write(data)
+
+    def record(self) -> Record:
+        """What this session knows of itself, for ``--verify``."""
+        term = self.telnet.terminal
+        sockname = self.transport.get_extra_info("sockname")
+        return record(sockname, self.rx, self.tx, term.term, term.cols, term.rows)
 
 
 def record(peer: tuple[Any, ...], rx: int, tx: int, term: str, cols: int, rows: int) -> Record:
