@@ -20,6 +20,7 @@ never changes the mode or owner of a directory it did not create.
 from __future__ import annotations
 
 import logging
+import contextlib
 import os
 import selectors
 import socket
@@ -378,10 +379,9 @@ class ControlServer:
         finally:
             os.close(self._dir_fd)
         if self.own_directory:
-            try:
+            # a server that dropped root cannot remove it from root's /run/shardd
+            with contextlib.suppress(OSError):
                 os.rmdir(self.directory)
-            except OSError:
-                pass  # a server that dropped root cannot remove it from root's /run/shardd
 
 
 def _peer_uid(conn: socket.socket) -> int | None:
