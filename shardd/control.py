@@ -19,8 +19,8 @@ never changes the mode or owner of a directory it did not create.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import os
 import selectors
 import socket
