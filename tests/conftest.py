@@ -27,6 +27,44 @@ def _limit_files(count: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
+#: the fields ``status`` documents for each worker and each connection
+#: (README, "Operating"); tests check replies have at least these
+WORKER_FIELDS = frozenset(
+    {
+        "shard",
+        "pid",
+        "state",
+        "restarts",
+        "connections",
+        "accepted",
+        "accept_queue",
+        "cpu_percent",
+        "rss_bytes",
+        "last_report_age",
+    }
+)
+CONNECTION_FIELDS = frozenset(
+    {
+        "shard",
+        "worker_pid",
+        "id",
+        "peer",
+        "duration",
+        "idle",
+        "rx_bytes",
+        "tx_bytes",
+        "term",
+        "client_name",
+        "mtts",
+        "mtts_flags",
+        "cols",
+        "rows",
+        "encoding",
+        "state",
+    }
+)
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
     """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

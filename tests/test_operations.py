@@ -36,7 +36,16 @@ from typing import Any
 import msgpack
 import psutil
 import pytest
-from conftest import ROOT, ServerProcess, connect, read_until, run_shardd, wait_until
+from conftest import (
+    CONNECTION_FIELDS,
+    ROOT,
+    WORKER_FIELDS,
+    ServerProcess,
+    connect,
+    read_until,
+    run_shardd,
+    wait_until,
+)
 
 from shardd.control import default_path
 from shardd.status import expand
@@ -49,35 +58,6 @@ LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ (DEBUG|INFO|WARNING|ERROR) ")
 
 SUPERVISOR_FIELDS = {"pid", "uptime", "listen", "workers"}
-WORKER_FIELDS = {
-    "shard",
-    "pid",
-    "state",
-    "restarts",
-    "connections",
-    "accepted",
-    "accept_queue",
-    "cpu_percent",
-    "rss_bytes",
-    "last_report_age",
-}
-CONNECTION_FIELDS = {
-    "shard",
-    "worker_pid",
-    "id",
-    "peer",
-    "duration",
-    "idle",
-    "rx_bytes",
-    "tx_bytes",
-    "term",
-    "client_name",
-    "mtts",
-    "mtts_flags",
-    "cols",
-    "rows",
-    "encoding",
-}
 
 SYS_PIDFD_GETFD = 438  # x86_64
 NOBODY = pwd.getpwnam("nobody")

@@ -23,43 +23,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import psutil
-from conftest import ServerProcess, async_wait_until, run_shardd, wait_until
+from conftest import (
+    CONNECTION_FIELDS,
+    WORKER_FIELDS,
+    ServerProcess,
+    async_wait_until,
+    run_shardd,
+    wait_until,
+)
 
 from shardd import control
 
 HOST = "127.0.0.1"
 IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes a session gets
 WORKER_TITLE = "shardd: worker shard {}"
-CONNECTION_FIELDS = {
-    "shard",
-    "worker_pid",
-    "id",
-    "peer",
-    "duration",
-    "idle",
-    "rx_bytes",
-    "tx_bytes",
-    "term",
-    "client_name",
-    "mtts",
-    "mtts_flags",
-    "cols",
-    "rows",
-    "encoding",
-    "state",
-}
-WORKER_FIELDS = {
-    "shard",
-    "pid",
-    "state",
-    "restarts",
-    "connections",
-    "accepted",
-    "accept_queue",
-    "cpu_percent",
-    "rss_bytes",
-    "last_report_age",
-}
 
 
 # ------------------------------------------------------------------ helpers
