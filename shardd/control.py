@@ -156,6 +156,10 @@ class ControlError(RuntimeError):
     """No server answered, or it refused the request."""
 
 
+class ControlTimeout(ControlError):
+    """The server took longer than the client's timeout to answer."""
+
+
 Reply = Callable[[dict[str, Any]], None]
 
 
@@ -165,7 +169,8 @@ class ControlHandlers(Protocol):
     def status(self, reply: Reply) -> None:
         """Answer with the status fields, once workers have sent fresh reports."""
 
-    def reload(self) -> dict[str, Any]: ...
+    def reload(self, reply: Reply) -> None:
+        """Answer once the reload is done or has failed (the reply carries its own ``ok``)."""
 
     def stop(self) -> dict[str, Any]: ...
 
@@ -311,7 +316,7 @@ class ControlServer:
         if cmd == "status":
             handlers.status(ok)
         elif cmd == "reload":
-            ok(handlers.reload())
+            handlers.reload(lambda answer: self._reply(client, answer))
         elif cmd == "stop":
             ok(handlers.stop())
         elif cmd == "workers":
@@ -415,7 +420,7 @@ def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[s
             try:
                 data = sock.recv(1 << 20)
             except TimeoutError:
-                raise ControlError(f"shardd did not answer within {timeout:g}s") from None
+                raise ControlTimeout(f"shardd did not answer within {timeout:g}s") from None
             if not data:
                 raise ControlError("shardd closed the control connection without a reply")
             unpacker.feed(data)
