@@ -50,6 +50,11 @@ class _Directory:
 
 def _default_base() -> _Directory:
     """The directory holding one directory per port, for this user."""
+    runtime_directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime_directory:
+        # systemd's RuntimeDirectory= (deploy/shardd.service: /run/shardd, the
+        # service user's), where root's `shardd status --port` looks too
+        return _Directory(runtime_directory, 0o700)
     if os.geteuid() == 0:
         # searchable, so that the user a server drops to can reach its own
         # directory below, as `shardd status --control` does
