@@ -143,7 +143,7 @@ def setup(level: str = "info", fmt: str = "text", path: str | None = None) -> No
     # Neither format shows the caller's file and line, nor the thread: not
     # looking them up saves a fifth of each line's cost (logging's documented
     # optimisations), which at two access lines per connection shows
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
     root = logging.getLogger()
