@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NO_ADDRESS_LIMITS, ROOT, ServerProcess, connect, read_until, wait_until
+from conftest import (
+    NO_ADDRESS_LIMITS,
+    ROOT,
+    ServerProcess,
+    connect,
+    read_until,
+    run_shardd,
+    wait_until,
+)
 
 from shardd.logs import JsonFormatter, TextFormatter
 from workers import access_log
@@ -134,6 +142,27 @@ def test_idle_timeout_and_server_stop_reasons(serve: Any) -> None:
         session = opened(server, pid, busy_peer)
         assert server.stop() == 0
     assert closed(server, pid, session, busy_peer)[3] == "server stopping"
+
+
+def test_drain_timeout_and_fast_stop_reasons(serve: Any) -> None:
+    server = serve("--workers", "1", "--graceful-timeout", "1")
+    old = worker_pid(server)
+    sock, _got, peer = start_session(server.port)
+    with sock:
+        session = opened(server, old, peer)
+        # a rolling restart: the old worker drains, and its session outlives the timeout
+        assert run_shardd("reload", "--port", str(server.port)).returncode == 0
+        assert closed(server, old, session, peer)[3] == "drain timeout"
+    new = worker_pid_after(server, old)
+    socks = [start_session(server.port) for _ in range(2)]
+    names = [opened(server, new, peer) for _sock, _got, peer in socks]
+    try:
+        assert server.stop(signal.SIGQUIT) == 0
+    finally:
+        for sock, _got, _peer in socks:
+            sock.close()
+    for name, (_sock, _got, peer) in zip(names, socks, strict=True):
+        assert closed(server, new, name, peer)[3] == "server quitting"
 
 
 def test_output_overflow_and_shell_failure_reasons(serve: Any) -> None:
