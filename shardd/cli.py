@@ -114,6 +114,10 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "log_level": ("LEVEL", "debug, info, warning or error (default info)"),
     "log_format": ("FORMAT", "text or json (default text)"),
     "log_file": ("PATH", "log to this file (reopened on SIGUSR1) instead of stderr"),
+    "access_log": (
+        "on|off",
+        "a line (logger shardd.access) when each session opens and closes (default on)",
+    ),
 }
 
 

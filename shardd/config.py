@@ -89,6 +89,8 @@ class ServeConfig:
     log_level: str = "info"
     log_format: str = "text"
     log_file: str | None = None
+    #: a line on the logger shardd.access when each session opens and closes
+    access_log: bool = True
 
     def server_settings(self) -> ServerSettings:
         """What every worker's server is built with."""
@@ -162,6 +164,7 @@ class ServeConfig:
         self.backlog = check_int("backlog", self.backlog, 1, 65535)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
+        self.access_log = check_switch("access-log", self.access_log)
         for key in ("pidfile", "control", "log_file", "user", "group", "certfile", "keyfile"):
             value = getattr(self, key)
             if value is not None:
@@ -271,6 +274,16 @@ def check_bool(key: str, value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
         return value.lower() in ("true", "yes", "1")
     raise ConfigError(key, f"must be true or false, not {value!r}")
+
+
+def check_switch(key: str, value: Any) -> bool:
+    """on/off (or true/false, yes/no, 1/0), as a flag or a TOML string or boolean."""
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    try:
+        return check_bool(key, value)
+    except ConfigError:
+        raise ConfigError(key, f"must be on or off, not {value!r}") from None
 
 
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

@@ -568,7 +568,12 @@ class Supervisor:
         handle.sample_cpu(now)  # its first CPU window starts now
         self.workers[pid] = handle
         self.selector.register(ours, selectors.EVENT_READ, self._channel_readable(handle))
-        log.info("shard %d: worker %d started", shard.index, pid)
+        log.info(
+            "shard %d: worker %d started",
+            shard.index,
+            pid,
+            extra={"event": "worker_started", "shard": shard.index, "worker": pid},
+        )
         return handle
 
     def _close_in_child(self, keep: Shard) -> None:
@@ -728,8 +733,25 @@ class Supervisor:
             if handle is None:
                 continue
             self._forget_channel(handle)
+            lost = self._sessions_lost(handle)  # before its row is cleared
             self._release_row(handle)
-            self._worker_died(handle, _describe_exit(status))
+            self._worker_died(handle, _describe_exit(status), lost)
+
+    def _sessions_lost(self, handle: WorkerHandle) -> tuple[int, bool]:
+        """How many sessions a dead worker still held, and whether that is exact.
+
+        Its row of the peer table counts, as the worker admitted and ended
+        them, every connection it held (those still in a TLS handshake too),
+        sessions opened since its last report included. A worker that died
+        before it wrote its row leaves only its reports: at least those.
+        """
+        reported = max(
+            len(handle.sessions),
+            handle.accepted - handle.counters.get("sessions_ended", 0),
+        )
+        if self.peer_table.in_use(handle.row):
+            return max(self.peer_table.row_sessions(handle.row), reported), True
+        return reported, False
 
     def _release_row(self, handle: WorkerHandle) -> None:
         # status totals outlive the worker
@@ -740,11 +762,33 @@ class Supervisor:
         self.peer_table.clear(handle.row)
         self.free_rows.append(handle.row)
 
-    def _worker_died(self, handle: WorkerHandle, how: str) -> None:
+    def _worker_died(
+        self, handle: WorkerHandle, how: str, lost: tuple[int, bool] = (0, True)
+    ) -> None:
         shard = self.shard(handle.shard)
         expected = self.stopping or handle.state in ("draining", "stopping")
         level = logging.INFO if expected else logging.ERROR
-        log.log(level, "shard %d: worker %d %s", handle.shard, handle.pid, how)
+        count, exact = lost
+        if count or not expected:
+            plural = "" if count == 1 else "s"
+            what = f"; {'' if exact else 'at least '}{count} session{plural} lost"
+        else:
+            what = ""
+        log.log(
+            level,
+            "shard %d: worker %d %s%s",
+            handle.shard,
+            handle.pid,
+            how,
+            what,
+            extra={
+                "event": "worker_died",
+                "shard": handle.shard,
+                "worker": handle.pid,
+                "exit": how,
+                "sessions_lost": count,
+            },
+        )
         if self.rolling_new is handle:
             self.rolling_new = None
             log.error(
