@@ -4,7 +4,8 @@
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
 #                              clients the tests run as processes, and openssl
-#                              (test certificates, s_client)
+#                              (test certificates, s_client), and haproxy
+#                              (the PROXY protocol and deploy/haproxy.cfg tests)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ with_test=0
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
+    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
         tintin++ tf5 busybox putty-tools telnet-ssl; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
