@@ -360,6 +360,16 @@ def _soup() -> st.SearchStrategy[bytes]:
         st.binary(max_size=120).map(lambda b: b"PROXY " + b),
         st.binary(max_size=300).map(lambda b: V2_SIGNATURE + b),
         st.binary(max_size=300).map(lambda b: V2_SIGNATURE + b"\x21" + b),
+        # a valid start and a length that fits: the TLVs are soup
+        st.binary(max_size=200).map(
+            lambda b: V2_SIGNATURE + b"\x21\x11" + struct.pack("!H", 12 + len(b)) + bytes(12) + b
+        ),
+        # a v1 line of the right characters in the wrong order
+        st.text(alphabet="0123456789abcdefABCDEF.: ", max_size=90).flatmap(
+            lambda t: st.sampled_from([b"TCP4 ", b"TCP6 "]).map(
+                lambda proto: b"PROXY " + proto + t.encode() + b"\r\n"
+            )
+        ),
     )
 
 
