@@ -78,15 +78,30 @@ class ProxySettings:
         return any(address in network for network in self.trusted)
 
 
+#: Peers whose trust the stage remembers; past it, it forgets them all and starts over.
+TRUST_CACHE_SIZE = 1024
+
+
 class ProxyHeaderStage:
     """The stage that reads a PROXY header and makes its addresses the connection's."""
 
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
+        # the same few proxies connect again and again: parsing their address
+        # each time would cost more than reading the header
+        self._trust: dict[str, bool] = {}
+
+    def _trusts(self, host: str) -> bool:
+        trust = self._trust.get(host)
+        if trust is None:
+            if len(self._trust) >= TRUST_CACHE_SIZE:
+                self._trust.clear()
+            trust = self._trust[host] = self.settings.trusts(host)
+        return trust
 
     async def __call__(self, arrival: Arrival) -> None:
         counters = arrival.server.sessions.counters
-        if not self.settings.trusts(arrival.host):
+        if not self._trusts(arrival.host):
             counters["proxy_untrusted"] += 1
             self._warn(arrival, "not a trusted proxy, closing")
             arrival.drop()
