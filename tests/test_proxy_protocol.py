@@ -7,6 +7,7 @@ round trips check the parser against an independent writer of the format.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from typing import Any
 
@@ -74,6 +75,13 @@ def ssl_tlv(client: int, verify: int, subs: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!BI", client, verify) + b"".join(tlv(k, v) for k, v in subs)
 
 
+def canonical(host: str) -> str:
+    """An address as the socket API writes it (``::ffff:1.2.3.4``, not ``::ffff:102:304``)."""
+    address = ipaddress.ip_address(host)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return socket.inet_ntop(family, address.packed)
+
+
 def parse(data: bytes) -> tuple[ProxyHeader | None, bytes]:
     parser = ProxyHeaderParser()
     header = parser.feed(data)
@@ -136,6 +144,14 @@ def test_v1_tcp4_and_what_follows() -> None:
     )
     assert rest == b"hello\r\n"
     assert header.extra() == {"proxy_version": 1}
+
+
+def test_ipv4_mapped_addresses_read_as_sockets_write_them() -> None:
+    line = b"PROXY TCP6 ::ffff:102:304 ::1 1 2\r\n"
+    v2 = encode_v2(("::ffff:1.2.3.4", 1), ("::1", 2))
+    for data in (line, v2):
+        header, _ = parse(data)
+        assert header is not None and header.source == ("::ffff:1.2.3.4", 1, 0, 0)
 
 
 def test_v1_tcp6_gives_a_socket_shaped_address() -> None:
@@ -336,7 +352,7 @@ def test_v2_round_trip(case: Any, after: bytes) -> None:
     data, source, tlvs = case
     header, rest = parse(data + after)
     assert header is not None
-    assert header.source is not None and header.source[:2] == source
+    assert header.source is not None and header.source[:2] == (canonical(source[0]), source[1])
     assert {k: v for k, v in header.tlvs.items() if k != PP2_TYPE_CRC32C} == tlvs
     assert header.size == len(data)
     assert rest == after
@@ -349,7 +365,7 @@ def test_v1_round_trip(proto_host: tuple[bytes, str], sport: int, dport: int) ->
     line = b"PROXY %s %s %s %d %d\r\n" % (proto, host.encode(), host.encode(), sport, dport)
     header, rest = parse(line + b"\xff\xfd\x18")
     assert header is not None and header.source is not None
-    assert header.source[:2] == (str(ipaddress.ip_address(host)), sport)
+    assert header.source[:2] == (canonical(host), sport)
     assert rest == b"\xff\xfd\x18"
 
 

@@ -351,7 +351,8 @@ def _v1_address(text: bytes, six: bool) -> str:
     except ValueError:
         family = "IPv6" if six else "IPv4"
         raise ProxyHeaderError(f"version 1 {family} address {text[:48]!r} is not one") from None
-    return str(address)
+    # the text a socket's getpeername() would give, as version 2's addresses have
+    return socket.inet_ntop(socket.AF_INET6 if six else socket.AF_INET, address.packed)
 
 
 def _v1_port(text: bytes) -> int:
