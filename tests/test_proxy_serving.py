@@ -334,3 +334,20 @@ def test_bad_setting_in_the_file_names_the_file(tmp_path: Path) -> None:
     result = run_shardd("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 2
     assert f"{config}: trusted-proxies: not a network in CIDR form" in result.stderr
+
+
+def test_reload_applies_the_proxy_settings(serve: Any, tmp_path: Path) -> None:
+    """The PROXY settings need no restart: the workers a reload starts apply them."""
+    config = tmp_path / "shardd.toml"
+    config.write_text("proxy-protocol = false\n")
+    server = serve("--config", str(config), *QUICK, "--workers", "1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+        assert read_addresses(client)["peername"] == list(client.getsockname())
+    config.write_text('proxy-protocol = true\ntrusted-proxies = ["127.0.0.1/32"]\n')
+    result = run_shardd("reload", "--port", str(server.port), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+        client.sendall(b"PROXY TCP4 198.51.100.5 127.0.0.1 4001 23\r\n")
+        assert read_addresses(client)["peername"] == ["198.51.100.5", 4001]
+    with connect_from("127.0.0.2", server.port) as client:
+        assert closed_with_nothing(client) == b""
