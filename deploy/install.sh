@@ -4,8 +4,10 @@
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
 #                              clients the tests run as processes, openssl
-#                              (test certificates, s_client) and systemd
+#                              (test certificates, s_client), systemd
 #                              (systemd-analyze verify of deploy/shardd.service)
+#                              and haproxy (the PROXY protocol and
+#                              deploy/haproxy.cfg tests)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ with_test=0
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
+    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
         tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"

@@ -33,6 +33,19 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "SECONDS",
         "close a TLS connection whose handshake is not done within this (default 10)",
     ),
+    "proxy_protocol": (
+        None,
+        "every connection (plain and TLS port) opens with a PROXY header (v1 or v2) "
+        "from a trusted proxy, naming the client",
+    ),
+    "trusted_proxies": (
+        "CIDR,...",
+        "the proxies allowed to connect with --proxy-protocol (default 127.0.0.0/8,::1/128)",
+    ),
+    "proxy_header_timeout": (
+        "SECONDS",
+        "close a connection whose PROXY header is not complete within this (default 5)",
+    ),
     "workers": (
         "N",
         "worker processes, one shard each (default: CPU count); "

@@ -23,6 +23,12 @@ from typing import Any
 from workers.admission import AdmissionLimits
 from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
 from workers.mud import COMPRESSION, DEFAULT_OFFER, OPTION_NAMES
+from workers.proxy_stage import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_TRUSTED_PROXIES,
+    ProxySettings,
+    parse_networks,
+)
 from workers.serving import ServerSettings
 from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
 from workers.telnet.mssp import MSSPError, check_settings
@@ -55,6 +61,11 @@ class ServeConfig:
     certfile: str | None = None
     keyfile: str | None = None
     tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: PROXY protocol: every connection, on both ports, comes from one of the
+    #: trusted proxies and opens with a header naming the client
+    proxy_protocol: bool = False
+    trusted_proxies: list[str] = field(default_factory=lambda: list(DEFAULT_TRUSTED_PROXIES))
+    proxy_header_timeout: float = DEFAULT_HEADER_TIMEOUT
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     shell: str = "welcome"
     protocol: str = "workers.server:TelnetServer"
@@ -103,6 +114,11 @@ class ServeConfig:
                 max_connect_rate_per_ip=self.max_connect_rate_per_ip,
             ),
             idle_timeout=self.idle_timeout,
+            proxy=ProxySettings(
+                parse_networks(self.trusted_proxies), header_timeout=self.proxy_header_timeout
+            )
+            if self.proxy_protocol
+            else None,
         )
 
     @classmethod
@@ -126,6 +142,11 @@ class ServeConfig:
             self.tls_port = check_int("tls-port", self.tls_port, 0, 65535)
         self.tls_handshake_timeout = check_float(
             "tls-handshake-timeout", self.tls_handshake_timeout, 0.0, 3600.0, above=True
+        )
+        self.proxy_protocol = check_bool("proxy-protocol", self.proxy_protocol)
+        self.trusted_proxies = check_networks(self.trusted_proxies)
+        self.proxy_header_timeout = check_float(
+            "proxy-header-timeout", self.proxy_header_timeout, 0.0, 3600.0, above=True
         )
         self.workers = check_int("workers", self.workers, 0, 1024)
         self.shell = check_str("shell", self.shell)
@@ -349,6 +370,23 @@ def check_charsets(value: Any) -> list[str]:
         except ValueError as exc:
             raise ConfigError("charsets", str(exc)) from None
     return names
+
+
+def check_networks(value: Any) -> list[str]:
+    """trusted-proxies: networks in CIDR form, a list or one string separated by commas."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(n, str) for n in items):
+        raise ConfigError(
+            "trusted-proxies", f"must be networks (CIDR) separated by commas, not {value!r}"
+        )
+    items = [n.strip() for n in items if n.strip()]
+    if not items:
+        raise ConfigError("trusted-proxies", "must name at least one network")
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise ConfigError("trusted-proxies", str(exc)) from None
+    return items
 
 
 def check_offer(value: Any) -> list[str]:

@@ -100,6 +100,10 @@ def _events(counts: dict[str, Any]) -> str:
     if tls:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(tls.items()))
         parts.append(f"{sum(tls.values())} TLS handshakes failed ({reasons})")
+    proxy = counts.get("proxy_header_failures") or {}
+    if proxy:
+        reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(proxy.items()))
+        parts.append(f"{sum(proxy.values())} closed before a valid PROXY header ({reasons})")
     if counts.get("shell_errors"):
         parts.append(f"{counts['shell_errors']} shell errors")
     if counts.get("gmcp_dropped"):

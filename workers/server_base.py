@@ -15,7 +15,7 @@ import socket
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from workers import access_log
@@ -653,6 +653,11 @@ class BaseServer(asyncio.Protocol):
             if value is not missing:
                 return value
         return self.shared_extra.get(name, default)
+
+    def set_extra(self, values: Mapping[str, Any]) -> None:
+        """Values ``get_extra_info`` gives before the transport's: a PROXY header's
+        ``peername`` and ``sockname`` (the client behind the proxy), its TLVs."""
+        self._extra.update(values)
 
     @property
     def peer(self) -> str:

@@ -8,9 +8,11 @@ to stop, then says goodbye and closes them.
 
 Where new kinds of work plug in (see ``docs/ARCHITECTURE.md``):
 
+- ``Server.preludes``: work on a connection before admission, because it
+  says who the client is (the PROXY header, :mod:`workers.proxy_stage`);
 - ``Server.admit``: whether a new connection is served at all;
-- ``Server.stages``: work on a connection before its telnet engine sees it
-  (PROXY protocol, say), see :mod:`workers.arrival`;
+- ``Server.stages``: work on a connection before its telnet engine sees it,
+  see :mod:`workers.arrival`;
 - ``Server(tls=...)``: a second listening socket whose connections first go
   through a TLS handshake stage (:mod:`workers.tls`), then the same stages
   and sessions as the first;
@@ -38,6 +40,7 @@ from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
+from workers.proxy_stage import ProxyHeaderStage, ProxySettings
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
 from workers.tls import Handshake, TlsListener
@@ -83,6 +86,8 @@ class ServerSettings:
     idle_timeout: float = 0.0
     #: decide when full garbage collections run (workers/gc_watch.py); off, Python does
     manage_gc: bool = True
+    #: every connection (both ports) opens with a PROXY header; None: none does
+    proxy: ProxySettings | None = None
 
 
 class Sessions:
@@ -254,6 +259,10 @@ class Server:
             self, counts or PeerTable(1).writer(0), settings.admission
         )
         self.stages: list[Stage] = []
+        #: stages before admission: they say who the client is
+        self.preludes: list[Stage] = []
+        if settings.proxy is not None:
+            self.preludes.append(ProxyHeaderStage(settings.proxy))
         #: connections not served, by reason
         self.refused: Counter[str] = Counter()
         #: connections admitted and still in their stages (no session yet)
@@ -271,7 +280,7 @@ class Server:
             self.release(protocol.peer_host)
 
     def _new_connection(self) -> asyncio.Protocol:
-        if self.admit is None and not self.stages:
+        if self.admit is None and not self.stages and not self.preludes:
             return self.sessions.new()
         return Arrival(self)
 
