@@ -107,6 +107,10 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "log_level": ("LEVEL", "debug, info, warning or error (default info)"),
     "log_format": ("FORMAT", "text or json (default text)"),
     "log_file": ("PATH", "log to this file (reopened on SIGUSR1) instead of stderr"),
+    "metrics": (
+        "HOST:PORT",
+        "serve Prometheus metrics at http://HOST:PORT/metrics ([::1]:9100 for IPv6; default off)",
+    ),
 }
 
 
@@ -276,6 +280,14 @@ def _serve_supervised(cfg: ServeConfig, opts: Any, tls_context: Any) -> int:
     except OSError as exc:
         print(
             f"shardd: cannot listen on {cfg.host}:{supervisor.binding}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        supervisor.bind_metrics()
+    except OSError as exc:
+        print(
+            f"shardd: cannot listen for metrics on {cfg.metrics}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

@@ -38,6 +38,7 @@ from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
+from workers.session_totals import count_closed
 from workers.tls import Handshake, TlsListener
 
 log = logging.getLogger("shardd.serving")
@@ -141,6 +142,7 @@ class Sessions:
         protocol = waiter.result()
         session_id = self.live.pop(protocol, None)
         self.counters["sessions_ended"] += 1
+        count_closed(self.counters, protocol)  # before on_close: see shardd/metrics.py
         if self._ended is not None:
             self._ended(protocol)
         if session_id is not None and self.on_close is not None:
