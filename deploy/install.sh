@@ -4,7 +4,8 @@
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
 #                              clients the tests run as processes, and openssl
-#                              (test certificates, s_client)
+#                              (test certificates, s_client); prometheus for
+#                              promtool, which checks the --metrics exposition
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -20,6 +21,8 @@ if [ "$with_test" = 1 ]; then
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done
+    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' \
+        || missing="$missing prometheus"
 fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
