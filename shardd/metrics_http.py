@@ -197,6 +197,7 @@ class MetricsServer:
 
     def expire(self, now: float) -> None:
         """Close connections past their deadline (called from the supervisor's timers)."""
+        self.warnings.flush_if_over(now)
         for connection in [c for c in self.connections.values() if now >= c.deadline]:
             what = "to send its answer" if connection.answered else "to send a request"
             self.warnings.warning(
