@@ -9,12 +9,14 @@ against what the clients did. ``promtool check metrics`` (Debian's
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -361,3 +363,73 @@ def test_a_port_in_use_is_an_error() -> None:
         result = run_shardd("serve", "--workers", "1", "--port", "0", "--metrics", f"{HOST}:{port}")
     assert result.returncode == 1
     assert f"cannot listen for metrics on {HOST}:{port}" in result.stderr
+
+
+# ------------------------------------------------------------ Prometheus itself
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_prometheus_scrapes_it(metrics_server: Any, tmp_path: Any) -> None:
+    """Debian's Prometheus server scrapes the endpoint, and the README's queries run."""
+    srv = metrics_server()
+    with socket.create_connection((HOST, srv.port), timeout=10) as client:
+        read_until(client, b"\xff\xfd\x18", bytearray())
+        client.sendall(b"hello\r\n")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: shardd\n    static_configs:\n"
+        f'      - targets: ["127.0.0.1:{srv.metrics_port}"]\n'
+    )
+    web = _free_port()
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def query(expr: str) -> list[Any]:
+        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                answer = json.loads(reply.read())
+        except (urllib.error.URLError, ConnectionError):
+            return []
+        assert answer["status"] == "success", answer
+        result: list[Any] = answer["data"]["result"]
+        return result
+
+    try:
+        wait_until(
+            lambda: [
+                r for r in query('sum(shardd_sessions_total{job="shardd"})') if r["value"][1] == "1"
+            ],
+            timeout=60,
+            what="Prometheus to scrape one session",
+        )
+        up = query('up{job="shardd"}')
+        assert up and up[0]["value"][1] == "1"
+        for expr in (
+            "sum(shardd_sessions_current)",
+            "sum(rate(shardd_bytes_out_total[5m]))",
+            "sum by (reason) (rate(shardd_connections_refused_total[5m]))",
+            "histogram_quantile(0.5, sum by (le) "
+            "(rate(shardd_session_duration_seconds_bucket[1h])))",
+        ):
+            query(expr)  # the README's examples are valid PromQL
+        scraped = query('scrape_samples_scraped{job="shardd"}')
+        assert scraped and int(scraped[0]["value"][1]) > 50
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
