@@ -36,7 +36,7 @@ from shardd import listeners
 from workers import session_totals as totals
 
 if TYPE_CHECKING:
-    from shardd.supervisor import Supervisor, WorkerHandle
+    from shardd.supervisor import Shard, Supervisor, WorkerHandle
 
 #: the classic text format, which generate_latest writes
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +63,10 @@ class ShardTotals:
 
     def __init__(self) -> None:
         self.past: dict[int, Counter[str]] = {}
+        # restarts of shards removed (TTOU) whose index a later shard took, and
+        # the Shard last seen at each index with its count then
+        self._restarts_past: Counter[int] = Counter()
+        self._seen: dict[int, tuple[Shard, int]] = {}
 
     def retire(self, handle: WorkerHandle) -> None:
         """``handle``'s worker is gone: keep its counts, its live sessions' bytes too."""
@@ -75,6 +79,21 @@ class ShardTotals:
         rx, tx = _live_bytes(handle)
         past[totals.CLOSED_RX] += rx
         past[totals.CLOSED_TX] += tx
+
+    def restarts(self, shards: Iterable[Shard]) -> dict[int, int]:
+        """Worker restarts per shard index, removed shards' included."""
+        current = {shard.index: shard for shard in shards}
+        for index, (shard, count) in list(self._seen.items()):
+            if current.get(index) is not shard:
+                self._restarts_past[index] += count
+                del self._seen[index]
+        for index, shard in current.items():
+            self._seen[index] = (shard, shard.restarts)
+        indexes = set(self._restarts_past) | set(self._seen)
+        return {
+            index: self._restarts_past[index] + (self._seen[index][1] if index in self._seen else 0)
+            for index in indexes
+        }
 
 
 def _live_bytes(handle: WorkerHandle) -> tuple[int, int]:
@@ -103,6 +122,7 @@ class _Shard:
         self.max_pause_us = max(self.max_pause_us, counters.pop("gc_max_pause_us", 0))
         self.counters.update(counters)
         self.counters[ACCEPTED] += handle.accepted
+        # from here on the "closed" byte counts hold the live sessions' bytes too
         rx, tx = _live_bytes(handle)
         self.counters[totals.CLOSED_RX] += rx
         self.counters[totals.CLOSED_TX] += tx
@@ -132,9 +152,10 @@ class SupervisorCollector(Collector):
             if shard is None:
                 shard = shards[handle.shard] = _Shard(None)
             shard.add(handle)
+        for index, restarts in sup.shard_totals.restarts(sup.shards).items():
+            shards.setdefault(index, _Shard(None)).restarts = restarts
         for s in sup.shards:
             shard = shards.setdefault(s.index, _Shard(None))
-            shard.restarts = s.restarts
             shard.queue["plain"] = listeners.accept_queue(s.sock) or 0
             if s.tls_sock is not None:
                 shard.queue["tls"] = listeners.accept_queue(s.tls_sock) or 0

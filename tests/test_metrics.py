@@ -9,6 +9,7 @@ against what the clients did. ``promtool check metrics`` (Debian's
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -219,7 +220,8 @@ def test_counters_never_decrease_across_a_worker_kill(metrics_server: Any) -> No
 
     first = wait_until(reported, what="bytes and closes reported")
     assert isinstance(first, dict)
-    old = srv.worker_pids()
+    old = wait_until(lambda: len(p := srv.worker_pids()) == 2 and p, what="2 workers serving")
+    assert isinstance(old, dict)
     victim = old[0]
     lost = total(first, "shardd_sessions_current", shard="0")
     assert total(first, "shardd_worker_restarts_total", shard="0") == 0
@@ -250,6 +252,35 @@ def test_counters_never_decrease_across_a_worker_kill(metrics_server: Any) -> No
     promtool(srv.body())
     for client in clients[2:]:
         client.close()
+
+
+def test_counters_survive_a_shard_removed_and_added_again(metrics_server: Any) -> None:
+    srv = metrics_server()
+    pids = wait_until(lambda: len(p := srv.worker_pids()) == 2 and p, what="2 workers serving")
+    assert isinstance(pids, dict)
+    psutil.Process(pids[1]).send_signal(signal.SIGKILL)
+    wait_until(
+        lambda: (
+            total(srv.scrape(), "shardd_worker_restarts_total", shard="1") == 1
+            and 1 in srv.worker_pids()
+        ),
+        what="shard 1's worker replaced",
+    )
+    seen = [counters_of(srv.scrape())]
+
+    def scrape_when(workers: int) -> bool:
+        s = srv.scrape()
+        seen.append(counters_of(s))
+        return total(s, "shardd_workers") == workers
+
+    assert run_shardd("workers", "-1", "--port", str(srv.port)).returncode == 0
+    wait_until(lambda: scrape_when(1), what="one shard")
+    assert run_shardd("workers", "+1", "--port", str(srv.port)).returncode == 0
+    wait_until(lambda: scrape_when(2), what="two shards again")
+    for earlier, later in itertools.pairwise(seen):
+        for key, value in earlier.items():
+            assert later.get(key, 0) >= value, (key, value, later.get(key))
+    assert seen[-1][("shardd_worker_restarts_total", frozenset({("shard", "1")}))] == 1
 
 
 # -------------------------------------------------------------- the endpoint
