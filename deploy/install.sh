@@ -3,9 +3,11 @@
 #   deploy/install.sh          the server and its runtime dependencies
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
-#                              clients the tests run as processes, and openssl
-#                              (test certificates, s_client); prometheus for
-#                              promtool, which checks the --metrics exposition
+#                              clients the tests run as processes, openssl
+#                              (test certificates, s_client), systemd
+#                              (systemd-analyze verify of deploy/shardd.service)
+#                              and prometheus (promtool checks the --metrics
+#                              exposition)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
     for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
-        tintin++ tf5 busybox putty-tools telnet-ssl; do
+        tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

@@ -32,8 +32,11 @@ class SupervisorHandlers:
 
         sup.request_status(answer)
 
-    def reload(self) -> dict[str, Any]:
-        return {"message": self.supervisor.begin_reload()}
+    def reload(self, reply: Reply) -> None:
+        def answer(ok: bool, message: str) -> None:
+            reply({"ok": True, "message": message} if ok else {"ok": False, "error": message})
+
+        self.supervisor.begin_reload(answer)
 
     def stop(self) -> dict[str, Any]:
         self.supervisor.begin_stop("graceful", "control request")
