@@ -26,6 +26,7 @@ import psutil
 import pytest
 from conftest import ServerProcess, read_until, run_shardd, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from test_tls import make_cert, tls_port
 
 from shardd import control
 from shardd.metrics_http import MAX_CONNECTIONS, READ_TIMEOUT
@@ -281,6 +282,34 @@ def test_counters_survive_a_shard_removed_and_added_again(metrics_server: Any) -
         for key, value in earlier.items():
             assert later.get(key, 0) >= value, (key, value, later.get(key))
     assert seen[-1][("shardd_worker_restarts_total", frozenset({("shard", "1")}))] == 1
+
+
+def test_tls_listeners_and_failed_handshakes(metrics_server: Any, tmp_path: Any) -> None:
+    cert = make_cert(tmp_path, "metrics")
+    srv = metrics_server(
+        "--tls-port", "0", "--certfile", str(cert.certfile), "--keyfile", str(cert.keyfile)
+    )
+    with socket.create_connection((HOST, tls_port(srv.server)), timeout=10) as sock:
+        sock.sendall(b"this is not TLS\r\n" * 4)
+        try:
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass  # reset: what a failed handshake may end with
+
+    def counted() -> Samples | None:
+        s = srv.scrape()
+        return s if total(s, "shardd_tls_handshake_failures_total", reason="error") == 1 else None
+
+    samples = wait_until(counted, what="the failed handshake counted")
+    assert isinstance(samples, dict)
+    queues = {
+        (dict(lab)["shard"], dict(lab)["listener"])
+        for (name, lab) in samples
+        if name == "shardd_accept_queue"
+    }
+    assert queues == {("0", "plain"), ("1", "plain"), ("0", "tls"), ("1", "tls")}
+    promtool(srv.body())
 
 
 # -------------------------------------------------------------- the endpoint
