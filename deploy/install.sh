@@ -6,8 +6,9 @@
 #                              clients the tests run as processes, openssl
 #                              (test certificates, s_client), systemd
 #                              (systemd-analyze verify of deploy/shardd.service)
-#                              and haproxy (the PROXY protocol and
-#                              deploy/haproxy.cfg tests)
+#                              haproxy (the PROXY protocol and
+#                              deploy/haproxy.cfg tests) and prometheus
+#                              (promtool checks the --metrics exposition)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if [ "$with_test" = 1 ]; then
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done
+    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' \
+        || missing="$missing prometheus"
 fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive

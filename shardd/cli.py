@@ -131,6 +131,10 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "on|off",
         "a line (logger shardd.access) when each session opens and closes (default on)",
     ),
+    "metrics": (
+        "HOST:PORT",
+        "serve Prometheus metrics at http://HOST:PORT/metrics ([::1]:9100 for IPv6; default off)",
+    ),
 }
 
 
@@ -274,6 +278,14 @@ def _serve_supervised(
     except OSError as exc:
         print(
             f"shardd: cannot listen on {cfg.host}:{supervisor.binding}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        supervisor.bind_metrics()
+    except OSError as exc:
+        print(
+            f"shardd: cannot listen for metrics on {cfg.metrics}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

@@ -102,6 +102,9 @@ class ServeConfig:
     log_file: str | None = None
     #: a line on the logger shardd.access when each session opens and closes
     access_log: bool = True
+    #: HOST:PORT ([::1]:9100 for IPv6) where the supervisor serves Prometheus
+    #: metrics over HTTP; None: not served
+    metrics: str | None = None
 
     def server_settings(self) -> ServerSettings:
         """What every worker's server is built with."""
@@ -190,6 +193,8 @@ class ServeConfig:
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, check_str(key.replace("_", "-"), value))
+        if self.metrics is not None:
+            self.metrics = check_metrics(self.metrics)
         if self.user is not None:
             try:
                 pwd.getpwnam(self.user)
@@ -203,6 +208,9 @@ class ServeConfig:
 
     def check_together(self) -> ServeConfig:
         """The checks between settings, once the file and the flags are both in."""
+        if self.metrics is not None and self.workers == 0:
+            # the supervisor serves them, from its workers' reports
+            raise ConfigError("metrics", "needs a supervisor: workers must be 1 or more")
         named = [name for name in self.offer if name in COMPRESSION]
         if named and not self.compression:
             raise ConfigError("offer", f"{', '.join(named)} needs compression on")
@@ -281,6 +289,39 @@ def check_host(host: Any) -> None:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise ConfigError("host", f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+
+
+def check_metrics(value: Any) -> str:
+    """``HOST:PORT`` or ``[IPv6]:PORT``, checked; returned as given."""
+    split_address(check_str("metrics", value))
+    return str(value)
+
+
+def split_address(value: str, key: str = "metrics") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port); ConfigError naming ``key``."""
+    form = "must be HOST:PORT or [IPv6]:PORT"
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]:")
+        if not bracket:
+            raise ConfigError(key, f"{form}, not {value!r}")
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(key, f"{host!r} in brackets must be an IPv6 address") from None
+    else:
+        host, colon, port = value.rpartition(":")
+        if not colon or not host:
+            raise ConfigError(key, f"{form}, not {value!r}")
+        if ":" in host:
+            raise ConfigError(key, f"write an IPv6 address in brackets ([{host}]:{port})")
+        try:
+            check_host(host)
+        except ConfigError as exc:
+            raise ConfigError(key, str(exc).split(": ", 1)[1]) from None
+    if not port.isascii() or not port.isdigit():
+        raise ConfigError(key, f"{form}, with a port number, not {value!r}")
+    return host, check_int(key, port, 0, 65535)
 
 
 def check_str(key: str, value: Any) -> str:

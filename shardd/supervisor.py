@@ -30,8 +30,10 @@ from typing import Any
 import psutil
 
 from shardd import control, listeners, logs, privileges
-from shardd.config import ConfigError, ConfigSource, ServeConfig
+from shardd.config import ConfigError, ConfigSource, ServeConfig, split_address
 from shardd.control_handlers import SupervisorHandlers
+from shardd.metrics import CONTENT_TYPE, Exposition, ShardTotals
+from shardd.metrics_http import MetricsServer
 from shardd.reloading import Answer, Reload, keep_restart_only
 from shardd.sd_notify import Notifier
 from shardd.session_options import session_options
@@ -115,6 +117,10 @@ class WorkerHandle:
     replaced: bool = False  # killed on purpose; its shard is respawned
     cpu_percent: float | None = None  # over the last CPU_WINDOW
     cpu_sample: tuple[float, float] | None = None  # (monotonic, CPU seconds) at its start
+    # bytes of its sessions closed since its last report, as last reported: its
+    # next report's counters hold them (shardd/metrics.py)
+    unreported_rx: int = 0
+    unreported_tx: int = 0
 
     def sample_cpu(self, now: float) -> None:
         """Close one CPU window and open the next."""
@@ -179,6 +185,8 @@ class Supervisor:
         self.shards: list[Shard] = []
         self.past_counters: Counter[str] = Counter()  # of workers that are gone
         self.past_max_pause_us = 0
+        self.shard_totals = ShardTotals()  # per shard, of workers that are gone (metrics)
+        self.metrics: MetricsServer | None = None
         self.workers: dict[int, WorkerHandle] = {}  # pid -> handle, every live child
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
@@ -232,6 +240,20 @@ class Supervisor:
             owners=[privileges.uid_of(self.cfg.user)],
         )
 
+    def bind_metrics(self) -> None:
+        """Listen for Prometheus scrapes, if ``--metrics`` says where."""
+        if self.cfg.metrics is None:
+            return
+        host, port = split_address(self.cfg.metrics)
+        sock = listeners.bind(host, port, backlog=64)
+        self.metrics = MetricsServer(
+            sock,
+            self.selector,
+            Exposition(self).render,
+            CONTENT_TYPE,
+            refresh=self.request_status,  # exact figures, as `shardd status` has
+        )
+
     def _add_shard_socket(self, index: int) -> Shard:
         self.binding = self.port
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
@@ -263,6 +285,10 @@ class Supervisor:
             len(self.shards),
             self.control.path,
         )
+        if self.metrics is not None:
+            mhost, mport = self.metrics.address
+            mhost = f"[{mhost}]" if ":" in mhost else mhost
+            log.info("metrics on http://%s:%d/metrics", mhost, mport)
         for shard in self.shards:
             self._spawn(shard)
         try:
@@ -586,6 +612,8 @@ class Supervisor:
             handle.channel.close()
         if self.control is not None:
             self.control.close_in_child()
+        if self.metrics is not None:
+            self.metrics.close_in_child()
         for fd in (self._wakeup_r, self._wakeup_w):
             os.close(fd)
         if self.reload is not None and self.reload.probe is not None:
@@ -634,6 +662,7 @@ class Supervisor:
             handle.last_report = now
             handle.accepted = message["accepted"]
             handle.counters = message["counters"]
+            handle.unreported_rx = handle.unreported_tx = 0  # these counters hold them
             for entry in message["sessions"]:
                 record = handle.sessions.get(entry[0])
                 if record is not None:
@@ -644,7 +673,10 @@ class Supervisor:
             for session_id, peer, connected_at in message["sessions"]:
                 handle.sessions[session_id] = [peer, connected_at, None]
         elif kind == ipc.CLOSE:
-            handle.sessions.pop(message["id"], None)
+            record = handle.sessions.pop(message["id"], None)
+            if record is not None and record[2] is not None:
+                handle.unreported_rx += record[2][1]
+                handle.unreported_tx += record[2][2]
         elif kind == ipc.HELLO:
             if message["pid"] != handle.pid or message["shard"] != handle.shard:
                 raise ipc.FrameError(
@@ -758,6 +790,7 @@ class Supervisor:
         self.past_counters.update(handle.counters)
         pause = handle.counters.get("gc_max_pause_us", 0)
         self.past_max_pause_us = max(self.past_max_pause_us, pause)
+        self.shard_totals.retire(handle)
         # the worker and its sessions are gone: so are their counts
         self.peer_table.clear(handle.row)
         self.free_rows.append(handle.row)
@@ -849,6 +882,8 @@ class Supervisor:
 
     def _check_timers(self) -> None:
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if self.stopping:
             if now >= self.stop_deadline and self.workers:
                 log.warning(
@@ -965,6 +1000,8 @@ class Supervisor:
         self.notifier.close()
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for shard in self.shards:
             _close_sockets(shard)
         signal.set_wakeup_fd(-1)

@@ -80,6 +80,12 @@ class WarningLimiter:
                 loop.time() + (self._window_end - now), self._flush_on_time
             )
 
+    def flush_if_over(self, now: float) -> None:
+        """For a caller with no event loop (the supervisor), called every so
+        often: log what was held back once its window is over."""
+        if self._held and now >= self._window_end:
+            self._flush_on_time()
+
     def _flush_on_time(self) -> None:
         self._flush_timer = None
         self.flush()

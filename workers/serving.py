@@ -43,6 +43,7 @@ from workers.peer_table import PeerCounts, PeerTable
 from workers.proxy_stage import ProxyHeaderStage, ProxySettings
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
+from workers.session_totals import count_closed
 from workers.tls import Handshake, TlsListener
 
 log = logging.getLogger("shardd.serving")
@@ -153,6 +154,7 @@ class Sessions:
         protocol = waiter.result()
         session_id = self.live.pop(protocol, None)
         self.counters["sessions_ended"] += 1
+        count_closed(self.counters, protocol)  # before on_close: see shardd/metrics.py
         if self._ended is not None:
             self._ended(protocol)
         if session_id is not None and self.on_close is not None:
