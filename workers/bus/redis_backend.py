@@ -39,7 +39,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +65,7 @@ from workers.bus.redis_envelope import (
     who_key,
     worker_of,
 )
-from workers.bus.redis_url import RedisAddress
+from workers.bus.redis_url import RedisAddress, parse_redis_url
 from workers.log_limits import WarningLimiter
 
 log = logging.getLogger("shardd.bus")
@@ -106,8 +106,17 @@ _SEND_SHA = hashlib.sha1(_SEND_SCRIPT.encode()).hexdigest()
 _errors = (RedisError, OSError, TimeoutError)
 
 
+class _Listed(Protocol):
+    def info(self) -> SessionInfo: ...
+
+
 class HubLink(Protocol):
-    """What the backend calls in its worker's hub for what arrives from Redis."""
+    """What the backend uses of its worker's hub (workers/bus/hub.py): what it
+    calls for what arrives from Redis, and the sessions its who hash lists."""
+
+    host: str
+    prefix: str
+    sessions: Mapping[str, _Listed]
 
     def deliver(self, channel: str, sender: str | None, payload: bytes) -> None: ...
 
@@ -214,8 +223,7 @@ class RedisBackend:
         self._outbox: deque[_Outgoing] = deque()
         self._outbox_bytes = 0
         self._wake_writer = asyncio.Event()
-        self._who: dict[str, bytes] = {}  # session id -> packed entry, as it should be
-        self._who_dirty: set[str] = set()
+        self._who_dirty: set[str] = set()  # sessions whose entry is to be written
         self._wake_who = asyncio.Event()
         self._who_lock = asyncio.Lock()
         self._pubsub: Any = None
@@ -294,14 +302,18 @@ class RedisBackend:
 
     # -- sessions of this worker, for who() elsewhere -----------------------
 
-    def session_changed(self, info: SessionInfo) -> None:
-        """A session of this worker opened or changed its name."""
-        self._who[info.id] = pack_who_entry(info)
-        self._who_dirty.add(info.id)
+    def session_changed(self, session_id: str) -> None:
+        """A session of this worker opened, closed, or changed its name."""
+        self._who_dirty.add(session_id)
         self._wake_who.set()
+        handle = self.hub.sessions.get(session_id)
+        # its terminal is known once negotiation is over: written again then
+        waiter = getattr(getattr(handle, "protocol", None), "_waiter_connected", None)
+        if isinstance(waiter, asyncio.Future) and not waiter.done():
+            waiter.add_done_callback(lambda _done: self._mark(session_id))
 
-    def session_closed(self, session_id: str) -> None:
-        if self._who.pop(session_id, None) is not None:
+    def _mark(self, session_id: str) -> None:
+        if session_id in self.hub.sessions:
             self._who_dirty.add(session_id)
             self._wake_who.set()
 
@@ -566,15 +578,21 @@ class RedisBackend:
         async with self._who_lock:
             pipe = self._commands.pipeline(transaction=True)
             dirty: set[str] = set()
+            sessions = self.hub.sessions
             if everything:
                 self._who_dirty.clear()
                 pipe.delete(self._who_key)
-                if self._who:
-                    pipe.hset(self._who_key, mapping=dict(self._who))
+                handles = list(sessions.values())
+                for start in range(0, len(handles), 1000):
+                    infos = [handle.info() for handle in handles[start : start + 1000]]
+                    entries = {info.id: pack_who_entry(info) for info in infos}
+                    pipe.hset(self._who_key, mapping=entries)
             else:
                 dirty, self._who_dirty = self._who_dirty, set()
-                present = {key: self._who[key] for key in dirty if key in self._who}
-                gone = [key for key in dirty if key not in self._who]
+                present = {
+                    key: pack_who_entry(sessions[key].info()) for key in dirty if key in sessions
+                }
+                gone = [key for key in dirty if key not in sessions]
                 if present:
                     pipe.hset(self._who_key, mapping=present)
                 if gone:
@@ -611,8 +629,16 @@ class RedisBackend:
         return found
 
 
+def make(spec: str, hub: Any, channel: object = None) -> RedisBackend:
+    """The backend for ``--bus redis://...`` (workers/bus/backends.py): its
+    sessions are named ``host/pid.N``."""
+    backend = RedisBackend(parse_redis_url(spec), hub, host_id=hub.host)
+    hub.prefix = backend.session_prefix
+    return backend
+
+
 def _noscript(result: object) -> bool:
     return isinstance(result, RedisError) and "NOSCRIPT" in str(result)
 
 
-__all__ = ["CHANNEL_PREFIX", "INBOX_PREFIX", "HubLink", "RedisBackend", "RedisBusStats"]
+__all__ = ["CHANNEL_PREFIX", "INBOX_PREFIX", "HubLink", "RedisBackend", "RedisBusStats", "make"]
