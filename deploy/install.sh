@@ -9,6 +9,7 @@
 #                              haproxy (the PROXY protocol and
 #                              deploy/haproxy.cfg tests) and prometheus
 #                              (promtool checks the --metrics exposition)
+#                              and redis-server (the --bus redis:// tests)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 if [ "$with_test" = 1 ]; then
     for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
-        tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
+        tintin++ tf5 busybox putty-tools telnet-ssl systemd redis-server; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

@@ -39,9 +39,9 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
@@ -69,6 +69,7 @@ from workers.bus.redis_url import RedisAddress, parse_redis_url
 from workers.log_limits import WarningLimiter
 
 log = logging.getLogger("shardd.bus")
+_T = TypeVar("_T")
 
 #: seconds a worker's who hash outlives the worker's last refresh
 WHO_TTL = 30.0
@@ -90,6 +91,8 @@ OUTBOX_LIMIT = 10_000
 OUTBOX_BYTES = 16 * 1024 * 1024
 #: commands pipelined in one round trip
 BATCH = 512
+#: messages read from Redis between two yields to the worker's other tasks
+YIELD_EVERY = 32
 
 # KEYS: the target worker's who hash, its inbox channel; ARGV: session id,
 # envelope. Publishes only for a session its worker lists.
@@ -276,7 +279,7 @@ class RedisBackend:
         if not self._link.up:
             return []
         try:
-            return await asyncio.wait_for(self._read_who(), COMMAND_TIMEOUT * 2)
+            return await _within(COMMAND_TIMEOUT * 2, self._read_who())
         except _errors as exc:
             self._went_down(exc)
             return []
@@ -285,16 +288,15 @@ class RedisBackend:
         self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._tasks.clear()
         for item in self._outbox:
             if item.reply is not None and not item.reply.done():
                 item.reply.set_result(None)
         if self._link.up:
             with contextlib.suppress(*_errors):
-                await asyncio.wait_for(self._commands.delete(self._who_key), 1.0)
+                await _within(1.0, self._commands.delete(self._who_key))
         await self._drop_pubsub()
         for client in (self._commands, self._listener):
             with contextlib.suppress(*_errors):
@@ -354,7 +356,7 @@ class RedisBackend:
         if not self._queue((*args, session_id, envelope), len(envelope), reply):
             return False
         try:
-            result = await asyncio.wait_for(reply, COMMAND_TIMEOUT * 2)
+            result = await _within(COMMAND_TIMEOUT * 2, reply)
         except TimeoutError:
             return False
         return isinstance(result, int) and result > 0
@@ -438,7 +440,7 @@ class RedisBackend:
     async def _connect(self) -> None:
         pubsub = self._listener.pubsub()
         self._pubsub = pubsub
-        await asyncio.wait_for(pubsub.subscribe(self._inbox, *self._channels), COMMAND_TIMEOUT)
+        await _within(COMMAND_TIMEOUT, pubsub.subscribe(self._inbox, *self._channels))
         # the inbox is subscribed before the who entries say the sessions are
         # here, so a send routed by them finds it: wait for Redis to confirm
         deadline = time.monotonic() + COMMAND_TIMEOUT
@@ -454,16 +456,23 @@ class RedisBackend:
                 self._arrived(reply["channel"], reply["data"])
             elif reply.get("type") == "subscribe" and reply.get("channel") == inbox:
                 break
-        await asyncio.wait_for(self._commands.script_load(_SEND_SCRIPT), COMMAND_TIMEOUT)
-        await asyncio.wait_for(self._write_who(everything=True), COMMAND_TIMEOUT)
+        await _within(COMMAND_TIMEOUT, self._commands.script_load(_SEND_SCRIPT))
+        await _within(COMMAND_TIMEOUT, self._write_who(everything=True))
 
     async def _listen(self) -> None:
         pubsub = self._pubsub
+        streak = 0
         while self._link.up:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
             self._arrived(message["channel"], message["data"])
+            streak += 1
+            if streak >= YIELD_EVERY:
+                # messages already buffered are read without yielding: let
+                # the subscribers take theirs before their queues fill
+                streak = 0
+                await asyncio.sleep(0)
 
     async def _subscriptions(self) -> None:
         """Applies channel_added/removed to the pub/sub connection, in order."""
@@ -476,9 +485,9 @@ class RedisBackend:
             wanted = key in self._channels
             try:
                 if wanted:
-                    await asyncio.wait_for(pubsub.subscribe(key), COMMAND_TIMEOUT)
+                    await _within(COMMAND_TIMEOUT, pubsub.subscribe(key))
                 else:
-                    await asyncio.wait_for(pubsub.unsubscribe(key), COMMAND_TIMEOUT)
+                    await _within(COMMAND_TIMEOUT, pubsub.unsubscribe(key))
             except _errors as exc:
                 self._went_down(exc)
 
@@ -520,7 +529,7 @@ class RedisBackend:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(*_errors):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)
+                await _within(1.0, pubsub.aclose())
 
     def _went_down(self, exc: BaseException) -> None:
         link = self._link
@@ -562,14 +571,14 @@ class RedisBackend:
         refresh_at = loop.time() + self.who_ttl / 3
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_who.wait(), max(0.0, refresh_at - loop.time()))
+                await _within(max(0.0, refresh_at - loop.time()), self._wake_who.wait())
             self._wake_who.clear()
             refresh = loop.time() >= refresh_at
             if refresh:
                 refresh_at = loop.time() + self.who_ttl / 3
             if self._link.up and (self._who_dirty or refresh):
                 try:
-                    await asyncio.wait_for(self._write_who(everything=False), COMMAND_TIMEOUT)
+                    await _within(COMMAND_TIMEOUT, self._write_who(everything=False))
                 except _errors as exc:
                     self._went_down(exc)
             await asyncio.sleep(WHO_FLUSH_GAP)
@@ -635,6 +644,14 @@ def make(spec: str, hub: Any, channel: object = None) -> RedisBackend:
     backend = RedisBackend(parse_redis_url(spec), hub, host_id=hub.host)
     hub.prefix = backend.session_prefix
     return backend
+
+
+async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
+    """``awaitable``'s result, or TimeoutError after ``seconds``. Not
+    asyncio.wait_for: in Python 3.11 it swallows a cancellation that comes as
+    the awaited event is set, and a worker stopping would wait forever."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
 
 
 def _noscript(result: object) -> bool:
