@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -70,6 +70,10 @@ from workers.log_limits import WarningLimiter
 
 log = logging.getLogger("shardd.bus")
 _T = TypeVar("_T")
+
+# The worker's counters this backend adds to (reported like the hub's own)
+LOST = "bus_lost"  # messages dropped because Redis was unreachable (or the outbox full)
+OUTAGES = "bus_outages"  # times Redis became unreachable
 
 #: seconds a worker's who hash outlives the worker's last refresh
 WHO_TTL = 30.0
@@ -120,6 +124,8 @@ class HubLink(Protocol):
     host: str
     prefix: str
     sessions: Mapping[str, _Listed]
+    #: the worker's counters, reported to the supervisor
+    counters: Counter[str]
 
     def deliver(self, channel: str, sender: str | None, payload: bytes) -> None: ...
 
@@ -409,6 +415,7 @@ class RedisBackend:
 
     def _lose(self, count: int) -> None:
         self.stats.lost += count
+        self.hub.counters[LOST] += count
         self._link.lost += count
 
     # -- receiving and staying linked --------------------------------------
@@ -541,6 +548,7 @@ class RedisBackend:
             link.lost = 0
             link.logged = False
             self.stats.outages += 1
+            self.hub.counters[OUTAGES] += 1
         if not link.logged:
             link.logged = True
             log.warning(
