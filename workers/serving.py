@@ -36,6 +36,7 @@ from workers import access_log
 from workers.access_log import AccessLog
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
+from workers.bus import hub as bus_hub
 from workers.bus.hub import BusHub
 from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
@@ -389,6 +390,8 @@ class Server:
         """What happened in this server so far: refusals by reason, then session events."""
         counts = {f"refused:{reason}": n for reason, n in self.refused.items()}
         counts.update(self.sessions.counters)
+        # a gauge among counters: status and metrics take it from live workers only
+        counts[bus_hub.SUBSCRIPTIONS] = self.bus.subscription_count
         return counts
 
     def stop(self, mode: StopMode = "stop") -> None:

@@ -22,6 +22,11 @@ REDIS_SCHEME = "redis://"
 REDIS_SCHEMES = ("redis://", "rediss://")
 
 
+def backend_label(spec: str) -> str:
+    """The backend's name for status and metrics (never the URL: it may hold a password)."""
+    return "redis" if spec.startswith(REDIS_SCHEME) else LOCAL
+
+
 def valid_spec(spec: str) -> bool:
     """Whether ``spec`` names a backend: ``local`` or a ``redis://`` URL."""
     return spec == LOCAL or any(
