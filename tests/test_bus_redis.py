@@ -85,6 +85,13 @@ def subscribers(client: redis.Redis, channel: str) -> int:
     return int(reply[0][1])
 
 
+def status(server: ServerProcess) -> dict[str, Any]:
+    result = run_shardd("status", "--json", "--port", str(server.port))
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, Any] = json.loads(result.stdout)
+    return reply
+
+
 def who(peer: BusPeer) -> list[list[Any]]:
     peer.send("who")
     found: list[list[Any]] = json.loads(peer.expect("WHO ").removeprefix("WHO "))
@@ -99,7 +106,9 @@ def test_sessions_on_two_hosts_and_shards_publish_and_send(
     a0, a1 = open_peers(host_a, peers, 2)
     (b0,) = open_peers(host_b, peers, 1)
     assert {a0.shard, a1.shard} == {0, 1}
-    assert a0.pid != a1.pid
+    # status confirms: two workers, each serving one of the two sessions
+    pids = {worker["shard"]: worker["pid"] for worker in status(host_a)["workers"]}
+    assert pids == {a0.shard: a0.pid, a1.shard: a1.pid}
     assert a0.id.startswith(f"a/{a0.pid}.") and a1.id.startswith(f"a/{a1.pid}.")
     assert b0.id.startswith(f"b/{b0.pid}.")
 
@@ -272,6 +281,10 @@ def test_redis_restarted_during_a_test(
     assert int(lost.group(1)) >= 2
     for server in (host_a, host_b):
         assert "Traceback" not in server.log_text()
+    counted = status(host_b)["supervisor"]["bus"]
+    assert counted["lost"] == int(lost.group(1)) and counted["outages"] == 1
+    assert status(host_a)["supervisor"]["bus"]["outages"] == 2  # one a worker
+    assert "lost in 1 outages of redis" in run_shardd("status", "--port", str(host_b.port)).stdout
 
 
 def test_serving_starts_while_redis_is_down_and_links_when_it_is_up(

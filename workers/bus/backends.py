@@ -24,7 +24,7 @@ REDIS_SCHEMES = ("redis://", "rediss://")
 
 def backend_label(spec: str) -> str:
     """The backend's name for status and metrics (never the URL: it may hold a password)."""
-    return "redis" if spec.startswith(REDIS_SCHEME) else LOCAL
+    return "redis" if spec.startswith(REDIS_SCHEMES) else LOCAL
 
 
 def valid_spec(spec: str) -> bool:

@@ -50,6 +50,8 @@ OUT = "bus_out"  # messages this worker's sessions published or sent
 DELIVERED = "bus_delivered"  # messages put in a subscriber's queue
 DROPPED = "bus_dropped"  # messages dropped for a full queue
 UNDELIVERABLE = "bus_undeliverable"  # payloads from elsewhere that did not unpack
+LOST = "bus_lost"  # messages the backend could not carry (Redis unreachable)
+OUTAGES = "bus_outages"  # times the backend (Redis) became unreachable
 #: a gauge, not counted in ``counters`` (which only grow): live subscriptions
 SUBSCRIPTIONS = "bus_subscriptions"
 

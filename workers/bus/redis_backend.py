@@ -49,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from workers.bus.api import SessionInfo
+from workers.bus.hub import LOST, OUTAGES
 from workers.bus.redis_envelope import (
     CHANNEL_PREFIX,
     CLOSE,
@@ -70,10 +71,6 @@ from workers.log_limits import WarningLimiter
 
 log = logging.getLogger("shardd.bus")
 _T = TypeVar("_T")
-
-# The worker's counters this backend adds to (reported like the hub's own)
-LOST = "bus_lost"  # messages dropped because Redis was unreachable (or the outbox full)
-OUTAGES = "bus_outages"  # times Redis became unreachable
 
 #: seconds a worker's who hash outlives the worker's last refresh
 WHO_TTL = 30.0
