@@ -87,6 +87,8 @@ BACKOFF_MAX = 5.0
 #: a command (or a batch of them) that takes longer means Redis is unreachable
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+#: connections for commands (the writer, who hashes, who())
+COMMAND_CONNECTIONS = 8
 #: messages waiting to be sent to Redis, and their bytes, before drops
 OUTBOX_LIMIT = 10_000
 OUTBOX_BYTES = 16 * 1024 * 1024
@@ -242,9 +244,16 @@ class RedisBackend:
             # retries would block a publisher for seconds while Redis is down
             "retry": Retry(NoBackoff(), 0),
         }
-        self._commands: Any = redis.Redis.from_url(
-            address.url, socket_timeout=COMMAND_TIMEOUT, max_connections=8, **common
+        # a blocking pool: shells calling who() at once wait for a connection
+        # (at most COMMAND_TIMEOUT) instead of failing as if Redis were down
+        pool = redis.BlockingConnectionPool.from_url(
+            address.url,
+            max_connections=COMMAND_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            **common,
         )
+        self._commands: Any = redis.Redis(connection_pool=pool)
         # the pub/sub connection waits for messages as long as it takes
         self._listener: Any = redis.Redis.from_url(address.url, socket_timeout=None, **common)
 
