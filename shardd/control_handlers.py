@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shardd import status
-from shardd.control import Reply
+from shardd.control import Refused, Reply
+from workers.plural import count
 
 if TYPE_CHECKING:
     from shardd.supervisor import Supervisor
@@ -40,4 +41,28 @@ class SupervisorHandlers:
         return {"message": "graceful stop begun"}
 
     def workers(self, delta: int) -> dict[str, Any]:
-        return {"workers": self.supervisor.change_workers(delta)}
+        """Add or remove shards; Refused unless all of ``delta`` was done.
+
+        A server keeps at least one shard, and can add only as many as its
+        shared table has rows for: asking for more does what it can, and the
+        operator is told, with a failure, how far it went.
+        """
+        sup = self.supervisor
+        if sup.stopping:
+            raise Refused("the server is stopping: no shards added or removed")
+        before = len(sup.active_shards())
+        after = sup.change_workers(delta)
+        done = after - before
+        if done == delta:
+            return {"workers": after}
+        if delta < 0:
+            head = f"cannot remove {count(-delta, 'shard')}: a server keeps at least one"
+        else:
+            head = (
+                f"cannot add {count(delta, 'shard')}: the shared table has rows for "
+                f"{done} more (restart with more --workers)"
+            )
+        raise Refused(
+            f"{head}; {abs(done)} {'added' if delta > 0 else 'removed'}, "
+            f"now {count(after, 'shard')}"
+        )
