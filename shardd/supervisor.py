@@ -31,9 +31,11 @@ import psutil
 from shardd import control, listeners, logs, privileges
 from shardd.config import ServeConfig
 from shardd.control_handlers import SupervisorHandlers
-from workers import ipc
+from workers import ipc, proctitle
 from workers.peer_table import PeerTable
+from workers.plural import count
 from workers.serving import SessionOptions
+from workers.signal_table import NO_ACTION, log_ignored
 from workers.telnet.telopt import MSSP
 from workers.tls import TlsError, TlsListener, load_context
 from workers.worker import WorkerSettings, run_worker
@@ -80,6 +82,8 @@ _SIGNALS = (
     signal.SIGTTOU,
     signal.SIGUSR1,
     signal.SIGCHLD,
+    # logged once, then ignored (workers/signal_table.py)
+    *NO_ACTION,
 )
 
 
@@ -183,6 +187,11 @@ class Supervisor:
     def bind_shards(self) -> None:
         """Bind every shard's socket (before privileges drop: port 23 needs root)."""
         capacity = listeners.raise_fd_limit()
+        if not self.cfg.share_port:
+            for port in (self.port, self.tls_port):
+                if port is not None:
+                    self.binding = port
+                    listeners.check_unserved(self.cfg.host, port)
         try:
             for index in range(self.cfg.workers):
                 self._add_shard_socket(index)
@@ -191,9 +200,9 @@ class Supervisor:
                 _close_sockets(shard)
             raise
         log.info(
-            "file descriptor limit %d per worker, so about %d sessions each",
+            "file descriptor limit %d per worker, so about %s each",
             capacity,
-            max(0, capacity - 64),
+            count(max(0, capacity - 64), "session"),
         )
 
     def bind_control(self) -> None:
@@ -230,14 +239,15 @@ class Supervisor:
         assert self.control is not None
         host = self.cfg.host
         log.info(
-            "serving telnet on %s:%d%s (supervisor %d, %d workers, control %s)",
+            "serving telnet on %s:%d%s (supervisor %d, %s, control %s)",
             host,
             self.port,
             "" if self.tls_port is None else f" and TLS on {host}:{self.tls_port}",
             os.getpid(),
-            len(self.shards),
+            count(len(self.shards), "worker"),
             self.control.path,
         )
+        proctitle.set_title(f"supervisor {proctitle.address(host, self.port)}")
         for shard in self.shards:
             self._spawn(shard)
         try:
@@ -303,6 +313,9 @@ class Supervisor:
                 if logs.reopen_files():
                     log.info("log files reopened")
                 self._signal_workers(signal.SIGUSR1)
+            elif signum in NO_ACTION:
+                log_ignored(signum)
+                signal.signal(signum, signal.SIG_IGN)  # once is enough to know
             # SIGCHLD: _reap runs on every step
 
     def begin_stop(self, mode: str, why: str) -> None:
@@ -313,10 +326,10 @@ class Supervisor:
         if mode == "graceful":
             self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
             log.info(
-                "%s: graceful stop, waiting up to %.1fs for %d workers",
+                "%s: graceful stop, waiting up to %.1fs for %s",
                 why,
                 self.cfg.graceful_timeout,
-                len(self.workers),
+                count(len(self.workers), "worker"),
             )
             for handle in self.workers.values():
                 self._send(handle, ipc.STOP)
@@ -351,7 +364,7 @@ class Supervisor:
                 return f"no restart: {exc.key}: {exc}"
             reloaded = ", TLS certificate re-read"
             log.info("SIGHUP: TLS certificate re-read from %s", self.cfg.certfile)
-        log.info("SIGHUP: rolling restart of %d shards", len(self.shards))
+        log.info("SIGHUP: rolling restart of %s", count(len(self.shards), "shard"))
         self.rolling.extend(shard.index for shard in self.shards if not shard.removing)
         return "rolling restart begun" + reloaded
 
@@ -362,8 +375,8 @@ class Supervisor:
         room = self.peer_table.rows // 2 - len(self.shards)
         if delta > room:
             log.warning(
-                "adding %d shards, not %d: the shared table has rows for %d more "
-                "(restart to have more)", max(room, 0), delta, max(room, 0),
+                "adding %s, not %d: the shared table has rows for %d more "
+                "(restart to have more)", count(max(room, 0), "shard"), delta, max(room, 0),
             )  # fmt: skip
             delta = max(room, 0)
         for _ in range(delta):
@@ -419,6 +432,7 @@ class Supervisor:
                 stats_interval=self.cfg.stats_interval,
                 reopen_logs=logs.reopen,
                 tls=tls,
+                listen=proctitle.address(self.cfg.host, self.port),
             )
             run_worker(settings, shard.sock, theirs, self.opts)
         theirs.close()
@@ -655,8 +669,8 @@ class Supervisor:
         if self.stopping:
             if now >= self.stop_deadline and self.workers:
                 log.warning(
-                    "stop: %d workers still running after the timeout; killing them",
-                    len(self.workers),
+                    "stop: %s still running after the timeout; killing them",
+                    count(len(self.workers), "worker"),
                 )
                 self._kill_all()
             return
