@@ -249,6 +249,7 @@ class Server:
         self.arriving = 0
         self._listeners: list[asyncio.AbstractServer] = []
         self._stop_mode: asyncio.Future[StopMode] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _session_ended(self, protocol: BaseServer) -> None:
         if protocol.peer_host:  # admitted: counted under that address
@@ -290,11 +291,10 @@ class Server:
                     )
                 )
             channel.serving()
-            idle = self._close_idle() if self.settings.idle_timeout else None
-            sweeper = loop.create_task(idle) if idle is not None else None
+            self._start_sweeper()
             mode = await self._stop_mode
-            if sweeper is not None:
-                sweeper.cancel()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             # closes only this process's copy of the sockets: a supervisor keeps its own
             for listener in self._listeners:
                 listener.close()
@@ -306,6 +306,37 @@ class Server:
             gc_policy.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = None
+        if self.settings.idle_timeout:
+            self._sweeper = asyncio.get_running_loop().create_task(self._close_idle())
+
+    def reconfigure(
+        self,
+        opts: SessionOptions,
+        settings: ServerSettings,
+        tls: TlsListener | None = None,
+    ) -> None:
+        """Serve with new settings from now on, without a restart (a single
+        process's reload): sessions opened from now on are built with ``opts``
+        (existing ones keep what they were built with); the admission limits,
+        the idle and graceful timeouts of ``settings`` apply at once; ``tls``:
+        the certificate and handshake timeout for handshakes from now on (its
+        socket must be the one served). Backlog and the garbage collector's
+        management stay as they were."""
+        self.sessions.opts = opts
+        self.settings = settings
+        self.graceful_timeout = settings.graceful_timeout
+        if isinstance(self.admit, Admission):
+            self.admit.limits = settings.admission
+        if tls is not None and self.tls is not None:
+            self.tls = tls
+            self._handshake = Handshake(tls.context, tls.handshake_timeout)
+        if self.listening:
+            self._start_sweeper()
 
     async def _close_idle(self) -> None:
         """Every so often, close the sessions whose clients have sent nothing for
