@@ -8,8 +8,9 @@
 #                              SHARDD_BIN_DIR names another directory)
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
-#                              clients the tests run as processes, and openssl
-#                              (test certificates, s_client)
+#                              clients the tests run as processes, openssl
+#                              (test certificates, s_client) and systemd
+#                              (systemd-analyze verify of deploy/shardd.service)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ dpkg-query -W -f='${Status}' inetutils-telnet 2>/dev/null | grep -q 'install ok 
     || missing="$missing inetutils-telnet"
 if [ "$with_test" = 1 ]; then
     for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
-        tintin++ tf5 busybox putty-tools telnet-ssl; do
+        tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

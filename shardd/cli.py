@@ -12,11 +12,13 @@ from typing import Any, NoReturn
 import orjson
 
 from shardd import control, logs
-from shardd.config import ConfigError, ServeConfig, build, load_toml, parse_mssp_flags
+from shardd.config import ConfigError, ConfigSource, ServeConfig, parse_mssp_flags
 from shardd.status import gc_paused
 from workers.plural import count
 
 USAGE_ERROR = 2
+# How long `shardd reload` waits for every shard's new worker to serve.
+RELOAD_WAIT = 60.0
 
 # flag -> (metavar or None for a switch, help)
 _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
@@ -95,6 +97,11 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "output waiting for one client past which its session is closed (default 1048576)",
     ),
     "graceful_timeout": ("SECONDS", "how long a stop waits for sessions (default 10)"),
+    "reload_timeout": (
+        "SECONDS",
+        "how long sessions on an old worker may go on after a reload (or a shard removed) "
+        "before it says goodbye; 0: until they end (default 86400)",
+    ),
     "worker_timeout": ("SECONDS", "a worker silent this long is killed and replaced (default 30)"),
     "stats_interval": (
         "SECONDS",
@@ -158,7 +165,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until interrupted"
     )
     for name, text in (
-        ("reload", "rolling restart, one shard at a time"),
+        ("reload", "re-read the settings and start new workers, one shard at a time"),
         ("stop", "graceful stop"),
     ):
         _add_target(commands.add_parser(name, help=text))
@@ -177,28 +184,35 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    cfg = _settings(args)
-    opts = _session_options(cfg)
+    flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
+    if flags["mssp"] is not None:
+        flags["mssp"] = parse_mssp_flags(flags["mssp"])
+    source = ConfigSource(args.config, flags)
+    cfg = source.load()
+    started = time.time()
+    if cfg.workers == 0:
+        from shardd.session_options import session_options
+
+        opts = session_options(cfg, started)
+    else:
+        # the supervisor never imports the shell itself (shardd/session_options.py)
+        from shardd.shell_probe import ShellProbe
+
+        probe = ShellProbe(cfg, started)
+        probe.wait()
+        if probe.error is not None:
+            raise probe.error
     tls_context = _tls_context(cfg)
     logs.setup(cfg.log_level, cfg.log_format, cfg.log_file)
     if cfg.workers == 0:
         from shardd.reload_single import SettingsSource
 
         # a single process reloads in place, building its settings as here
-        source = SettingsSource(lambda: _settings(args), _session_options, _tls_context)
-        return _serve_single(cfg, opts, tls_context, source)
-    return _serve_supervised(cfg, opts, tls_context)
-
-
-def _settings(args: argparse.Namespace) -> ServeConfig:
-    """Defaults, then the --config file, then the flags, checked (ConfigError)."""
-    file_settings: dict[str, Any] = {}
-    if args.config:
-        file_settings = load_toml(args.config)
-    flags = {name: getattr(args, name) for name in _SERVE_FLAGS}
-    if flags["mssp"] is not None:
-        flags["mssp"] = parse_mssp_flags(flags["mssp"])
-    return build(file_settings, flags, args.config)
+        reloading = SettingsSource(
+            source.load, lambda cfg: session_options(cfg, started), _tls_context
+        )
+        return _serve_single(cfg, opts, tls_context, reloading, source.path)
+    return _serve_supervised(cfg, source, started, tls_context)
 
 
 def _tls_context(cfg: ServeConfig) -> Any:  # ssl.SSLContext | None
@@ -213,49 +227,12 @@ def _tls_context(cfg: ServeConfig) -> Any:  # ssl.SSLContext | None
         raise ConfigError(exc.key, str(exc)) from None
 
 
-def _session_options(cfg: ServeConfig) -> Any:
-    from workers import loader, shells
-    from workers.limits import SessionLimits
-    from workers.mud import MudOptions
-    from workers.server_base import BaseServer
-    from workers.serving import SessionOptions
-    from workers.telnet.charsets import Charsets
-
-    try:
-        shell = shells.resolve(cfg.shell)
-    except ValueError as exc:
-        raise ConfigError("shell", str(exc)) from None
-    try:
-        protocol = loader.load(cfg.protocol, {}, "protocol")
-    except ValueError as exc:
-        raise ConfigError("protocol", str(exc)) from None
-    if not (isinstance(protocol, type) and issubclass(protocol, BaseServer)):
-        raise ConfigError("protocol", f"{cfg.protocol} is not a BaseServer subclass")
-    return SessionOptions(
-        shell=shell,
-        protocol=protocol,
-        encoding=cfg.encoding,
-        encoding_errors=cfg.encoding_errors,
-        force_binary=cfg.force_binary,
-        connect_maxwait=cfg.connect_maxwait,
-        limit=cfg.limit,
-        limits=SessionLimits(
-            charsets=Charsets(cfg.charsets), max_output_buffer=cfg.max_output_buffer
-        ),
-        mud=MudOptions(
-            offer=tuple(cfg.offer),
-            compression=cfg.compression,
-            mssp=dict(cfg.mssp),
-            started=time.time(),
-        ),
-    )
-
-
 def _serve_single(
     cfg: ServeConfig,
     opts: Any,
     tls_context: Any,
     source: Any,
+    config_path: str | None,
 ) -> int:
     from shardd import single_process
     from shardd.listeners import bind, check_unserved
@@ -277,7 +254,7 @@ def _serve_single(
     except OSError as exc:
         print(f"shardd: cannot listen on {cfg.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    process = single_process.SingleProcess(cfg, opts, sock, tls, source)
+    process = single_process.SingleProcess(cfg, opts, sock, tls, source, config_path)
     try:
         process.bind_control()
     except OSError as exc:
@@ -292,11 +269,13 @@ def _serve_single(
     return 0
 
 
-def _serve_supervised(cfg: ServeConfig, opts: Any, tls_context: Any) -> int:
+def _serve_supervised(
+    cfg: ServeConfig, source: ConfigSource, started: float, tls_context: Any
+) -> int:
     from shardd import pidfile, privileges
     from shardd.supervisor import Supervisor
 
-    supervisor = Supervisor(cfg, opts, tls_context)
+    supervisor = Supervisor(cfg, tls_context, source=source, started=started)
     try:
         supervisor.bind_shards()
     except OSError as exc:
@@ -377,6 +356,19 @@ def _simple(args: argparse.Namespace, payload: dict[str, Any]) -> int:
     return 0
 
 
+def _reload(args: argparse.Namespace) -> int:
+    """Ask for a reload; the answer comes once every shard's new worker serves."""
+    try:
+        reply = control.request(_control_path(args), {"cmd": "reload"}, timeout=RELOAD_WAIT)
+    except control.ControlTimeout:
+        raise control.ControlError(
+            f"reload: no answer within {RELOAD_WAIT:g}s (RELOAD_WAIT); it may still be "
+            "under way: see `shardd status` and the server's log"
+        ) from None
+    print(f"shardd: {reply.get('message')}")
+    return 0
+
+
 def _workers(args: argparse.Namespace) -> int:
     text = args.delta
     if not text or text[0] not in "+-" or not text[1:].isdigit():
@@ -408,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return _status(args)
         if args.command == "reload":
-            return _simple(args, {"cmd": "reload"})
+            return _reload(args)
         if args.command == "stop":
             return _simple(args, {"cmd": "stop"})
         if args.command == "workers":

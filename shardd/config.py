@@ -38,6 +38,10 @@ class ConfigError(ValueError):
         self.key = key
 
 
+#: a day: long enough for players to finish, short enough that an old worker
+#: (and its code) does not live forever
+DEFAULT_RELOAD_TIMEOUT = 86400.0
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 
@@ -72,6 +76,9 @@ class ServeConfig:
     max_connect_rate_per_ip: int = AdmissionLimits.max_connect_rate_per_ip
     idle_timeout: float = 3600.0
     graceful_timeout: float = 10.0
+    #: how long a draining worker (after a reload, or its shard removed) keeps
+    #: its sessions; 0: until they end
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     worker_timeout: float = 30.0
     stats_interval: float = 1.0
     backlog: int = 4096
@@ -147,6 +154,7 @@ class ServeConfig:
         )
         self.idle_timeout = check_float("idle-timeout", self.idle_timeout, 0.0, 10**7)
         self.graceful_timeout = check_float("graceful-timeout", self.graceful_timeout, 0.0, 86400)
+        self.reload_timeout = check_float("reload-timeout", self.reload_timeout, 0.0, 10**7)
         self.worker_timeout = check_float("worker-timeout", self.worker_timeout, 1.0, 86400)
         self.stats_interval = check_float("stats-interval", self.stats_interval, 0.0, 3600)
         if 0 < self.stats_interval < 0.05:
@@ -224,6 +232,20 @@ def build(
             value = {**cfg.mssp, **value}
         setattr(cfg, name, value)
     return cfg.check().check_together()
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a server's settings come from: its ``--config`` file, read again on
+    every reload, and the flags it was started with, which still win."""
+
+    path: str | None
+    flags: dict[str, Any]
+
+    def load(self) -> ServeConfig:
+        """The settings as they are now; ConfigError naming the file and key."""
+        file_settings = load_toml(self.path) if self.path else {}
+        return build(file_settings, self.flags, self.path)
 
 
 def check_host(host: Any) -> None:

@@ -50,6 +50,11 @@ class _Directory:
 
 def _default_base() -> _Directory:
     """The directory holding one directory per port, for this user."""
+    runtime_directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime_directory:
+        # systemd's RuntimeDirectory= (deploy/shardd.service: /run/shardd, the
+        # service user's), where root's `shardd status --port` looks too
+        return _Directory(runtime_directory, 0o700)
     if os.geteuid() == 0:
         # searchable, so that the user a server drops to can reach its own
         # directory below, as `shardd status --control` does
@@ -163,6 +168,10 @@ class Refused(Exception):
     """
 
 
+class ControlTimeout(ControlError):
+    """The server took longer than the client's timeout to answer."""
+
+
 Reply = Callable[[dict[str, Any]], None]
 
 
@@ -172,7 +181,8 @@ class ControlHandlers(Protocol):
     def status(self, reply: Reply) -> None:
         """Answer with the status fields, once workers have sent fresh reports."""
 
-    def reload(self) -> dict[str, Any]: ...
+    def reload(self, reply: Reply) -> None:
+        """Answer once the reload is done or has failed (the reply carries its own ``ok``)."""
 
     def stop(self) -> dict[str, Any]: ...
 
@@ -320,7 +330,7 @@ class ControlServer:
             if cmd == "status":
                 handlers.status(ok)
             elif cmd == "reload":
-                ok(handlers.reload())
+                handlers.reload(lambda answer: self._reply(client, answer))
             elif cmd == "stop":
                 ok(handlers.stop())
             elif cmd == "workers":
@@ -423,7 +433,7 @@ def request(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[s
             try:
                 data = sock.recv(1 << 20)
             except TimeoutError:
-                raise ControlError(f"shardd did not answer within {timeout:g}s") from None
+                raise ControlTimeout(f"shardd did not answer within {timeout:g}s") from None
             if not data:
                 raise ControlError("shardd closed the control connection without a reply")
             unpacker.feed(data)

@@ -33,8 +33,11 @@ class SupervisorHandlers:
 
         sup.request_status(answer)
 
-    def reload(self) -> dict[str, Any]:
-        return {"message": self.supervisor.begin_reload()}
+    def reload(self, reply: Reply) -> None:
+        def answer(ok: bool, message: str) -> None:
+            reply({"ok": True, "message": message} if ok else {"ok": False, "error": message})
+
+        self.supervisor.begin_reload(answer)
 
     def stop(self) -> dict[str, Any]:
         self.supervisor.begin_stop("graceful", "control request")
@@ -44,25 +47,18 @@ class SupervisorHandlers:
         """Add or remove shards; Refused unless all of ``delta`` was done.
 
         A server keeps at least one shard, and can add only as many as its
-        shared table has rows for: asking for more does what it can, and the
-        operator is told, with a failure, how far it went.
+        shared table has rows (and the process file descriptors) for: asking
+        for more does what it can, and the operator is told, with a failure,
+        how far it went.
         """
         sup = self.supervisor
-        if sup.stopping:
-            raise Refused("the server is stopping: no shards added or removed")
         before = len(sup.active_shards())
-        after = sup.change_workers(delta)
-        done = after - before
-        if done == delta:
+        after, problem = sup.change_workers(delta)
+        if problem is None:
             return {"workers": after}
-        if delta < 0:
-            head = f"cannot remove {count(-delta, 'shard')}: a server keeps at least one"
-        else:
-            head = (
-                f"cannot add {count(delta, 'shard')}: the shared table has rows for "
-                f"{done} more (restart with more --workers)"
-            )
+        done = after - before
+        verb = "add" if delta > 0 else "remove"
         raise Refused(
-            f"{head}; {abs(done)} {'added' if delta > 0 else 'removed'}, "
-            f"now {count(after, 'shard')}"
+            f"cannot {verb} {count(abs(delta), 'shard')}: {problem}; "
+            f"{abs(done)} {verb}{'ed' if delta > 0 else 'd'}, now {count(after, 'shard')}"
         )

@@ -16,7 +16,8 @@ reloads what it can where it stands:
 
 What cannot change without a restart (the address, ports, users, files,
 the MUD options offered, ...) keeps its old value, and the log says which
-settings were changed and need a restart. Anything that fails (a bad
+settings were changed and need a restart, in the lines a supervisor's
+reload writes (:mod:`shardd.reloading`). Anything that fails (a bad
 config file, a shell that cannot be imported, a certificate that cannot be
 loaded) is one ERROR line, and every old setting stays.
 """
@@ -32,35 +33,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shardd.config import ConfigError, ServeConfig
+from shardd.reloading import keep_restart_only
 from workers.loader import OWN_PACKAGES
 from workers.serving import Server, SessionOptions
 from workers.tls import TlsListener
 
 log = logging.getLogger("shardd")
 
-#: settings a running process cannot change: where and how it listens, who
-#: it runs as, its files, what it offers clients at negotiation (MSSP's
-#: variables and MUD options are one table every session reads), and what
-#: only a supervisor uses
-NEEDS_RESTART = (
-    "host",
-    "port",
-    "tls_port",
-    "workers",
-    "backlog",
-    "share_port",
-    "user",
-    "group",
-    "pidfile",
-    "control",
-    "log_format",
-    "log_file",
-    "offer",
-    "compression",
-    "mssp",
-    "stats_interval",
-    "worker_timeout",
-)
+#: besides what a supervisor's reload keeps too (reloading.RESTART_ONLY): what
+#: every session of the process reads from one table built at start (the MUD
+#: options offered and MSSP's variables); a supervisor's new workers build
+#: theirs afresh, one process cannot
+SINGLE_RESTART_ONLY = ("offer", "compression", "mssp")
 
 
 class ReloadError(RuntimeError):
@@ -79,8 +63,11 @@ class SettingsSource:
     tls_context: Callable[[ServeConfig], ssl.SSLContext | None]
 
 
-def reload(server: Server, current: ServeConfig, source: SettingsSource) -> ServeConfig:
-    """Reload ``server`` in place; the settings now in effect.
+def reload(
+    server: Server, current: ServeConfig, source: SettingsSource, path: str | None = None
+) -> ServeConfig:
+    """Reload ``server`` in place; the settings now in effect. ``path``: the
+    --config file, for the log.
 
     ReloadError (after logging it at ERROR) if anything failed: then nothing
     changed.
@@ -93,31 +80,40 @@ def reload(server: Server, current: ServeConfig, source: SettingsSource) -> Serv
     except ConfigError as exc:
         log.error("reload failed, the old settings stay: %s", exc)
         raise ReloadError(f"reload failed, the old settings stay: {exc}") from None
+    # what needs a restart keeps its old value, and the log says so, line by
+    # line as a supervisor's reload does: the next reload compares against
+    # what is in effect, and says it again
+    lines = keep_restart_only(current, new, path)
+    where = f" in {path}" if path else ""
+    for key in SINGLE_RESTART_ONLY:
+        before, after = getattr(current, key), getattr(new, key)
+        if before != after:
+            lines.append(
+                f"reload: {_flag(key)} changed {before} -> {after}{where}; a single process "
+                f"needs a restart for it, keeping {before}"
+            )
+            setattr(new, key, before)
+    for line in lines:
+        log.warning("%s", line)
     keys = [f.name for f in dataclasses.fields(ServeConfig)]
     changed = [key for key in keys if getattr(new, key) != getattr(current, key)]
-    restart = [key for key in changed if key in NEEDS_RESTART]
-    # what needs a restart keeps its old value: the next reload compares
-    # against what is in effect, and says again what still needs one
-    effective = dataclasses.replace(new, **{key: getattr(current, key) for key in restart})
     opts = dataclasses.replace(opts, mud=server.sessions.opts.mud)
     tls = None
     if server.tls is not None and context is not None:
-        tls = TlsListener(server.tls.sock, context, effective.tls_handshake_timeout)
-    server.reconfigure(opts, effective.server_settings(), tls)
-    if effective.log_level != current.log_level:
-        logging.getLogger().setLevel(effective.log_level.upper())
+        tls = TlsListener(server.tls.sock, context, new.tls_handshake_timeout)
+    server.reconfigure(opts, new.server_settings(), tls)
+    if new.log_level != current.log_level:
+        logging.getLogger().setLevel(new.log_level.upper())
     done = ["settings re-read"]
     if reimported:
-        done.append(f"shell module {reimported} re-imported")
+        done.append(f"shell module {reimported} imported afresh")
     if tls is not None:
-        done.append(f"TLS certificate re-read from {effective.certfile}")
-    applied = [_flag(key) for key in changed if key not in NEEDS_RESTART]
-    done.append("changed: " + (", ".join(applied) if applied else "nothing"))
-    message = "; ".join(done)
-    if restart:
-        message += "; need a restart to change: " + ", ".join(_flag(key) for key in restart)
-    log.info("reload: %s", message)
-    return effective
+        done.append(f"TLS certificate re-read from {new.certfile}")
+    done.append("changed: " + (", ".join(_flag(key) for key in changed) or "nothing"))
+    if lines:
+        done.append(f"{len(lines)} kept until a restart (above)")
+    log.info("reload: %s", "; ".join(done))
+    return new
 
 
 def _flag(key: str) -> str:

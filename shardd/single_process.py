@@ -61,9 +61,11 @@ class SingleProcess:
         sock: socket.socket,
         tls: TlsListener | None,
         source: SettingsSource,
+        config_path: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
+        self.config_path = config_path
         self.server = Server(sock, opts, cfg.server_settings(), tls=tls)
         self.port = sock.getsockname()[1]
         self.tls_port = tls.sock.getsockname()[1] if tls is not None else None
@@ -154,7 +156,7 @@ class SingleProcess:
     def reload(self, why: str) -> str:
         """Reload in place (HUP, ``shardd reload``); ReloadError if it failed."""
         log.info("%s: reloading in place (single process)", why)
-        self.cfg = reload(self.server, self.cfg, self.source)
+        self.cfg = reload(self.server, self.cfg, self.source, self.config_path)
         return "reloaded in place (see the log for what changed)"
 
     def _hangup(self) -> None:
@@ -254,11 +256,13 @@ class _Handlers:
         with status.gc_paused():
             reply(self.process.status())
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, reply: Reply) -> None:
         try:
-            return {"message": self.process.reload("control request")}
+            message = self.process.reload("control request")
         except ReloadError as exc:
-            raise Refused(str(exc)) from None
+            reply({"ok": False, "error": str(exc)})
+            return
+        reply({"ok": True, "message": message})
 
     def stop(self) -> dict[str, Any]:
         log.info("control request: graceful stop")

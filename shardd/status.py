@@ -75,6 +75,10 @@ def collect(sup: Supervisor) -> dict[str, Any]:
                 "last_report_age": None
                 if handle.last_report is None
                 else round(now - handle.last_report, 3),
+                # draining: seconds until the reload timeout closes its sessions
+                "drain_left": None
+                if handle.drain_until is None
+                else round(max(0.0, handle.drain_until - now), 1),
                 **events(handle.counters),
             }
         )

@@ -24,19 +24,22 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psutil
 
 from shardd import control, listeners, logs, privileges
-from shardd.config import ServeConfig
+from shardd.config import ConfigError, ConfigSource, ServeConfig
 from shardd.control_handlers import SupervisorHandlers
+from shardd.reloading import Answer, Reload, keep_restart_only
+from shardd.sd_notify import Notifier
+from shardd.session_options import session_options
+from shardd.shell_probe import ShellProbe
 from workers import ipc, proctitle
 from workers.peer_table import PeerTable
 from workers.plural import count
-from workers.serving import SessionOptions
 from workers.signal_table import NO_ACTION, log_ignored
-from workers.telnet.telopt import MSSP
 from workers.tls import TlsError, TlsListener, load_context
 from workers.worker import WorkerSettings, run_worker
 
@@ -66,6 +69,12 @@ STATUS_WAIT = 1.0
 PLAYERS_INTERVAL = 1.0
 # Shards that TTIN or `shardd workers +N` may add to those started with.
 EXTRA_SHARDS = 16
+# Rows of the shared peer table per shard: its serving worker's, and those of
+# old workers still draining after reloads (up to --reload-timeout, a day by
+# default). A reload with no free row for every shard's new worker is refused.
+ROWS_PER_SHARD = 4
+# How often systemd's STATUS= line may change (sd_notify), at most.
+NOTIFY_STATUS_INTERVAL = 2.0
 # After a fast stop (QUIT), how long workers get before SIGKILL.
 QUIT_TIMEOUT = 2.0
 # Each worker's CPU use is sampled this often, and status shows the share of
@@ -97,6 +106,7 @@ class WorkerHandle:
     started_at: float
     row: int  # its row of the shared peer table
     state: str = "starting"  # starting, serving, draining, stopping
+    drain_until: float | None = None  # draining: when the reload timeout closes its sessions
     serving_since: float | None = None  # when it said hello
     decoder: ipc.Decoder = field(default_factory=ipc.Decoder)
     last_heartbeat: float = 0.0
@@ -146,18 +156,29 @@ class SupervisorError(RuntimeError):
 
 class Supervisor:
     def __init__(
-        self, cfg: ServeConfig, opts: SessionOptions, tls_context: ssl.SSLContext | None = None
+        self,
+        cfg: ServeConfig,
+        tls_context: ssl.SSLContext | None = None,
+        *,
+        source: ConfigSource | None = None,
+        started: float | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         """``tls_context``: the certificate as loaded at start; with it, every shard
-        also listens on ``cfg.tls_port``."""
+        also listens on ``cfg.tls_port``. ``source``: where a reload reads the
+        settings again (without one, it keeps ``cfg``). ``started``: the wall
+        clock time the server started (MSSP's UPTIME). ``notifier``: systemd's
+        (default: from the environment)."""
         self.cfg = cfg
-        self.opts = opts
+        self.source = source
+        self.started_wall = time.time() if started is None else started
+        self.notifier = Notifier.from_environment() if notifier is None else notifier
         #: what workers forked from now on serve TLS with (re-read on HUP)
         self.tls_context = tls_context
         self.server_settings = cfg.server_settings()
         # Every worker's counts for the limits per address, shared (mapped before
-        # any fork). Two rows a shard: a rolling restart's new worker and the old.
-        self.peer_table = PeerTable(2 * (cfg.workers + EXTRA_SHARDS))
+        # any fork), a row per worker: rows never touched cost no memory.
+        self.peer_table = PeerTable(ROWS_PER_SHARD * (cfg.workers + EXTRA_SHARDS))
         self.free_rows = list(range(self.peer_table.rows - 1, -1, -1))
         self.shards: list[Shard] = []
         self.past_counters: Counter[str] = Counter()  # of workers that are gone
@@ -174,11 +195,15 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.rolling: deque[int] = deque()  # shards still to restart after a HUP
         self.rolling_new: WorkerHandle | None = None
+        self.reload: Reload | None = None  # the reload under way
+        self.ready = False  # systemd told READY=1: every shard served
+        self.notify_status_at = 0.0
+        self.watchdog_at = 0.0
         self.control: control.ControlServer | None = None
         self.status_waiters: list[tuple[float, Callable[[], None]]] = []
         self.next_cpu_sample = 0.0
         # only a server that answers MSSP needs its workers told the total
-        self.tell_players = MSSP in opts.mud.options
+        self.tell_players = "mssp" in cfg.offer
         self.players_at = 0.0
         self._wakeup_r = self._wakeup_w = -1
 
@@ -272,7 +297,11 @@ class Supervisor:
         self._check_timers()
 
     def _next_timeout(self) -> float:
-        return 0.0 if self.signals else 0.2
+        if self.signals:
+            return 0.0
+        if self.notifier.watchdog_interval is not None:
+            return max(0.0, min(0.2, self.watchdog_at - time.monotonic()))
+        return 0.2
 
     def _install_signals(self) -> None:
         self._wakeup_r, self._wakeup_w = os.pipe()
@@ -304,6 +333,7 @@ class Supervisor:
             elif signum == signal.SIGQUIT:
                 self.begin_stop("fast", "SIGQUIT")
             elif signum == signal.SIGHUP:
+                log.info("SIGHUP: rolling restart, with the settings read again")
                 self.begin_reload()
             elif signum == signal.SIGTTIN:
                 self.change_workers(1)
@@ -323,6 +353,9 @@ class Supervisor:
             return
         self.stopping = mode
         self.rolling.clear()
+        self.notifier.stopping()
+        if self.reload is not None:
+            self._end_reload(False, "reload cut short: the server is stopping")
         if mode == "graceful":
             self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
             log.info(
@@ -339,57 +372,163 @@ class Supervisor:
             log.info("%s: fast stop", why)
             self._signal_workers(signal.SIGQUIT)
 
-    def begin_reload(self) -> str:
-        """Begin a rolling restart (HUP); what happened, in a few words.
+    def begin_reload(self, answer: Answer | None = None) -> None:
+        """Begin a reload (HUP, ``shardd reload``); ``answer`` learns how it ends.
 
-        With TLS, the certificate and key are read again first: the new
-        workers serve them, while sessions on the old ones keep theirs until
-        those drain. If they cannot be read, nothing restarts.
+        The settings are read again (``--config`` and the flags), the TLS
+        certificate too, and a probe imports the shell and protocol; if any of
+        that fails, nothing changes. Then each shard gets a new worker, one
+        at a time, and its old one drains (docs/ARCHITECTURE.md, "Reload").
         """
         if self.stopping:
-            return "stopping: no restart"
-        if self.rolling or self.rolling_new:
-            log.info("SIGHUP: a rolling restart is already under way")
-            return "a rolling restart is already under way"
-        reloaded = ""
-        if self.tls_context is not None and self.cfg.certfile is not None:
+            if answer is not None:
+                answer(False, "the server is stopping: no reload")
+            return
+        if self.reload is not None:
+            log.info("reload: one is already under way")
+            if answer is not None:
+                answer(False, "a reload is already under way")
+            return
+        self.notifier.reloading()
+        self.reload = reload = Reload(self.cfg, self.tls_context, None)
+        if answer is not None:
+            reload.answers.append(answer)
+        path = self.source.path if self.source is not None else None
+        log.info("reload: reading the settings%s again", f" of {path}" if path else "")
+        try:
+            cfg = self.source.load() if self.source is not None else self.cfg
+        except ConfigError as exc:
+            self._reload_failed(str(exc))
+            return
+        for line in keep_restart_only(self.cfg, cfg, path):
+            log.warning("%s", line)
+        if self.tls_port is not None:
+            if cfg.certfile is None:
+                self._reload_failed("certfile: not set, and TLS stays on until a restart")
+                return
             try:
-                self.tls_context = load_context(self.cfg.certfile, self.cfg.keyfile)
+                reload.tls_context = load_context(cfg.certfile, cfg.keyfile)
             except TlsError as exc:
-                log.error(
-                    "SIGHUP: no restart: %s: %s (the workers keep the certificate they have)",
-                    exc.key,
-                    exc,
-                )
-                return f"no restart: {exc.key}: {exc}"
-            reloaded = ", TLS certificate re-read"
-            log.info("SIGHUP: TLS certificate re-read from %s", self.cfg.certfile)
-        log.info("SIGHUP: rolling restart of %s", count(len(self.shards), "shard"))
-        self.rolling.extend(shard.index for shard in self.shards if not shard.removing)
-        return "rolling restart begun" + reloaded
+                self._reload_failed(f"{exc.key}: {exc}")
+                return
+            log.info("reload: TLS certificate re-read from %s", cfg.certfile)
+        shards = len(self.active_shards())
+        if len(self.free_rows) < shards:
+            draining = sum(1 for h in self.workers.values() if h.state == "draining")
+            self._reload_failed(
+                f"{count(draining, 'old worker')} still draining leave room for "
+                f"{count(len(self.free_rows), 'new worker')}, not {shards} (wait for their "
+                "sessions to end, or lower "
+                "reload-timeout)"
+            )
+            return
+        reload.cfg = cfg
+        reload.probe = probe = ShellProbe(cfg, self.started_wall)
+        self.selector.register(probe.fd, selectors.EVENT_READ, self._probe_readable)
 
-    def change_workers(self, delta: int) -> int:
+    def _probe_readable(self, _key: Any, _mask: int) -> None:
+        reload = self.reload
+        if reload is not None and reload.probe is not None and reload.probe.read():
+            self._probed(reload)
+
+    def _probed(self, reload: Reload) -> None:
+        """The probe's verdict is in: refuse the reload, or start the new workers."""
+        probe = reload.probe
+        assert probe is not None
+        self._close_probe(reload)
+        if probe.error is not None:
+            self._reload_failed(str(probe.error))
+            return
+        cfg = self.cfg = reload.cfg
+        self.server_settings = cfg.server_settings()
+        self.tls_context = reload.tls_context
+        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.tell_players = "mssp" in cfg.offer
+        reload.rolling = True
+        log.info(
+            "reload: shell %s imports; a new worker for each of %s",
+            cfg.shell,
+            count(len(self.active_shards()), "shard"),
+        )
+        self.rolling.extend(shard.index for shard in self.active_shards())
+
+    def _close_probe(self, reload: Reload) -> None:
+        probe, reload.probe = reload.probe, None
+        if probe is None:
+            return
+        if probe.fd >= 0:
+            try:
+                self.selector.unregister(probe.fd)
+            except (KeyError, ValueError):
+                pass
+        if not probe.done:
+            probe.kill()  # reaped by _reap, like any child
+        probe.close()
+
+    def _reload_failed(self, problem: str) -> None:
+        log.error("reload failed: %s; the old workers keep serving", problem)
+        self._end_reload(False, f"reload failed: {problem}; the old workers keep serving")
+
+    def _end_reload(self, ok: bool, message: str) -> None:
+        reload, self.reload = self.reload, None
+        if reload is None:
+            return
+        self._close_probe(reload)
+        reload.finish(ok, message)
+        if not self.stopping:  # systemd waits for READY=1 after RELOADING=1
+            self.notifier.ready(self._notify_status_line())
+
+    def _reload_done(self, reload: Reload) -> None:
+        old = [h for h in self.workers.values() if h.state == "draining"]
+        sessions = sum(self.peer_table.row_sessions(h.row) for h in old)
+        timeout = self.cfg.reload_timeout
+        message = (
+            f"reloaded: {count(reload.rolled, 'shard')} serving new workers; "
+            f"{count(sessions, 'session')} {'stays' if sessions == 1 else 'stay'} on old "
+            "workers until they end"
+            f"{f' or {timeout:g} s' if timeout else ''}"
+        )
+        log.info("%s (%.2fs)", message, time.monotonic() - reload.started)
+        self._end_reload(True, message)
+
+    def change_workers(self, delta: int) -> tuple[int, str | None]:
+        """Add (``delta`` > 0) or remove shards; the shards served now, and why
+        not all of ``delta`` was done (None if it was)."""
         if self.stopping:
-            return len(self.shards)
-        # each shard has two rows of the shared table: one to spare for a rolling restart
-        room = self.peer_table.rows // 2 - len(self.shards)
+            return len(self.active_shards()), "the server is stopping"
+        problem = None
+        # a row of the shared table each; those of draining workers are taken
+        room = len(self.free_rows)
         if delta > room:
-            log.warning(
-                "adding %s, not %d: the shared table has rows for %d more "
-                "(restart to have more)", count(max(room, 0), "shard"), delta, max(room, 0),
-            )  # fmt: skip
+            problem = (
+                f"the shared table has rows for {max(room, 0)} more (restart with more --workers)"
+            )
+            log.warning("adding %s, not %d: %s", count(max(room, 0), "shard"), delta, problem)
             delta = max(room, 0)
         for _ in range(delta):
-            shard = self._add_shard_socket(len(self.shards))
+            try:
+                shard = self._add_shard_socket(len(self.shards))
+            except OSError as exc:  # out of file descriptors, say: the others serve on
+                problem = f"cannot listen on one more socket: {exc.strerror or exc}"
+                log.error("adding shards: %s", problem)
+                break
+            try:
+                self._spawn(shard)
+            except OSError as exc:
+                problem = f"cannot start a worker: {exc.strerror or exc}"
+                log.error("shard %d: %s; shard removed", shard.index, problem)
+                _close_sockets(shard)
+                self.shards.remove(shard)
+                break
             log.info("shard %d added", shard.index)
-            self._spawn(shard)
         for _ in range(-delta):
             active = self.active_shards()
             if len(active) <= 1:
+                problem = "a server keeps at least one shard"
                 log.warning("not removing the last shard")
                 break
             self._remove_shard(active[-1])
-        return len(self.active_shards())
+        return len(self.active_shards()), problem
 
     def active_shards(self) -> list[Shard]:
         """The shards being served: not those being removed."""
@@ -399,8 +538,7 @@ class Supervisor:
         shard.removing = True
         log.info("shard %d removed: its worker drains its sessions", shard.index)
         if shard.worker is not None:
-            self._send(shard.worker, ipc.DRAIN)
-            shard.worker.state = "draining"
+            self._drain(shard.worker)
         # The socket leaves the reuseport group once its worker closes it too.
         _close_sockets(shard)
         self.shards.remove(shard)
@@ -414,10 +552,31 @@ class Supervisor:
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self, shard: Shard) -> WorkerHandle:
+    def _drain(self, handle: WorkerHandle) -> None:
+        """Tell an old worker to stop accepting; its sessions go on for up to the reload timeout."""
+        timeout = self.cfg.reload_timeout
+        self._send(handle, ipc.DRAIN, timeout=timeout)
+        handle.state = "draining"
+        handle.drain_until = time.monotonic() + timeout if timeout else None
+
+    def _spawn(self, shard: Shard) -> WorkerHandle | None:
+        """Fork a worker for ``shard``; None if no row of the shared table is free."""
+        if not self.free_rows:
+            log.error(
+                "shard %d: no free row in the shared table for a new worker "
+                "(old workers still drain); trying again in a second",
+                shard.index,
+            )
+            return None
         ours, theirs = socket.socketpair()
         row = self.free_rows.pop()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            self.free_rows.append(row)
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:  # the worker
             ours.close()
             self._close_in_child(keep=shard)
@@ -434,7 +593,9 @@ class Supervisor:
                 tls=tls,
                 listen=proctitle.address(self.cfg.host, self.port),
             )
-            run_worker(settings, shard.sock, theirs, self.opts)
+            run_worker(
+                settings, shard.sock, theirs, partial(session_options, self.cfg, self.started_wall)
+            )
         theirs.close()
         ours.setblocking(False)
         now = time.monotonic()
@@ -461,6 +622,8 @@ class Supervisor:
             self.control.close_in_child()
         for fd in (self._wakeup_r, self._wakeup_w):
             os.close(fd)
+        if self.reload is not None and self.reload.probe is not None:
+            self.reload.probe.close()
 
     def _channel_readable(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
         def on_readable(_key: Any, _mask: int) -> None:
@@ -549,6 +712,8 @@ class Supervisor:
         shard.worker = handle
         if self.rolling_new is handle:
             self.rolling_new = None
+            if self.reload is not None:
+                self.reload.rolled += 1
             if old is not None and old is not handle and old.pid in self.workers:
                 # the new worker is accepting: now the old one may stop
                 log.info(
@@ -557,8 +722,12 @@ class Supervisor:
                     handle.pid,
                     old.pid,
                 )
-                self._send(old, ipc.DRAIN)
-                old.state = "draining"
+                self._drain(old)
+        if not self.ready and all(
+            s.worker is not None and s.worker.state == "serving" for s in self.active_shards()
+        ):
+            self.ready = True
+            self.notifier.ready(self._notify_status_line())
 
     def _replace(self, handle: WorkerHandle) -> None:
         """Kill a misbehaving worker; its shard gets a new one when it is reaped."""
@@ -622,6 +791,15 @@ class Supervisor:
                 "the old worker keeps serving",
                 handle.shard,
             )
+            if self.reload is not None:
+                self.rolling.clear()
+                reload = self.reload
+                self._end_reload(
+                    False,
+                    f"reload failed: shard {handle.shard}'s new worker {how} before serving "
+                    f"(see the log); {reload.rolled} of {len(self.active_shards())} shards "
+                    "serve new workers, the others keep their old ones",
+                )
             return
         if expected or shard is None or shard.worker not in (handle, None):
             return
@@ -676,8 +854,8 @@ class Supervisor:
             return
         for shard in self.shards:
             if shard.respawn_at is not None and now >= shard.respawn_at and shard.worker is None:
-                shard.respawn_at = None
                 shard.worker = self._spawn(shard)
+                shard.respawn_at = None if shard.worker is not None else now + 1.0
         timeout = self.cfg.worker_timeout
         for handle in list(self.workers.values()):
             if handle.replaced:
@@ -696,8 +874,13 @@ class Supervisor:
             self.next_cpu_sample = now + CPU_WINDOW
             for handle in self.workers.values():
                 handle.sample_cpu(now)
+        reload = self.reload
+        if reload is not None and reload.probe is not None and now >= reload.probe.deadline:
+            reload.probe.expire()
+            self._probed(reload)
         self._roll(now)
         self._answer_status_waiters(now)
+        self._notify(now)
         if self.tell_players and now >= self.players_at:
             self.players_at = now + PLAYERS_INTERVAL
             self._tell_players()
@@ -709,8 +892,31 @@ class Supervisor:
             if handle.state in ("serving", "draining") and not handle.replaced:
                 self._send(handle, ipc.PLAYERS, sessions=total)
 
+    def _notify(self, now: float) -> None:
+        """systemd's watchdog, and its STATUS= line when it changed."""
+        notifier = self.notifier
+        if not notifier.enabled:
+            return
+        if notifier.watchdog_interval is not None and now >= self.watchdog_at:
+            self.watchdog_at = now + notifier.watchdog_interval
+            notifier.watchdog()
+        if self.ready and now >= self.notify_status_at:
+            self.notify_status_at = now + NOTIFY_STATUS_INTERVAL
+            notifier.status(self._notify_status_line())
+
+    def _notify_status_line(self) -> str:
+        sessions = self.peer_table.sessions()
+        line = f"{count(len(self.active_shards()), 'shard')}, {sessions:,} session"
+        line += "" if sessions == 1 else "s"
+        draining = sum(1 for h in self.workers.values() if h.state == "draining")
+        return line + (f", {count(draining, 'old worker')} draining" if draining else "")
+
     def _roll(self, now: float) -> None:
-        if self.rolling_new is not None or not self.rolling:
+        if self.rolling_new is not None:
+            return
+        if not self.rolling:
+            if self.reload is not None and self.reload.rolling:
+                self._reload_done(self.reload)
             return
         index = self.rolling.popleft()
         shard = self.shard(index)
@@ -718,6 +924,15 @@ class Supervisor:
             return
         log.info("shard %d: rolling restart, starting a new worker", index)
         self.rolling_new = self._spawn(shard)
+        if self.rolling_new is None:
+            self.rolling.clear()
+            if self.reload is not None:
+                self._end_reload(
+                    False,
+                    f"reload failed: no free row for shard {index}'s new worker "
+                    "(old workers still drain)",
+                )
+            return
         if shard.worker is None:
             shard.worker = self.rolling_new
 
@@ -741,6 +956,10 @@ class Supervisor:
         self.workers.clear()
 
     def _close(self) -> None:
+        if self.reload is not None:
+            self.reload.finish(False, "reload cut short: the server stopped")
+            self._close_probe(self.reload)
+        self.notifier.close()
         if self.control is not None:
             self.control.close()
         for shard in self.shards:

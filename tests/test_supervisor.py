@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -594,12 +595,18 @@ def test_stalled_worker_is_killed_and_replaced(serve: Any) -> None:
 # ------------------------------------------- 6. a shard that dies at start
 
 
-def test_shard_dying_at_start_backs_off_then_gives_up(serve: Any) -> None:
+def test_shard_dying_at_start_backs_off_then_gives_up(serve: Any, tmp_path: Path) -> None:
     # Every worker dies before it says hello, as with a broken shell or protocol
     # module (tests/shell_that_breaks_workers.py). Killing workers from outside as
     # they appear would not do: a worker says hello within milliseconds of its
     # fork, and the death of one that did is a crash, never a reason to give up.
-    server = serve("--workers", "2", "--shell", "tests.shell_that_breaks_workers:shell")
+    server = serve(
+        "--workers",
+        "2",
+        "--shell",
+        "tests.shell_that_breaks_workers:shell",
+        env={"SHARDD_TEST_PROBED": str(tmp_path / "probed")},
+    )
     code = server.proc.wait(30)
     text = server.log_text()
     assert code == 1, text

@@ -151,6 +151,8 @@ class SupervisorChannel:
 
     def on_message(self, message: dict[str, Any]) -> None:
         kind = message["t"]
+        if kind == ipc.DRAIN and self.server is not None:
+            self.server.drain_timeout = message["timeout"]
         if kind in _STOP_MESSAGES:
             self.server_stop(_STOP_MESSAGES[kind])
         elif kind == ipc.STATUS:
@@ -163,7 +165,10 @@ class SupervisorChannel:
             log.warning("shard %d: unexpected %r from the supervisor", self.shard, kind)
 
     def _stopping(self) -> bool:
-        return self.server is None or self.server.stopping
+        """Done reporting: a draining worker still beats and reports (its
+        sessions may go on for a day), one that stops or quits no longer."""
+        server = self.server
+        return server is None or (server.stopping and not server.draining)
 
     def _heartbeat(self) -> None:
         if self.ipc is None or self._stopping():

@@ -39,7 +39,9 @@ STOPPING = "stopping"  # sessions: how many are left as the worker winds down
 
 # Supervisor -> worker
 STOP = "stop"  # graceful: stop accepting, goodbye, close sessions, exit
-DRAIN = "drain"  # stop accepting; keep sessions until they end or the graceful timeout
+# timeout: stop accepting; keep sessions until they end or this many seconds
+# have passed (the reload timeout; 0: no limit), then goodbye
+DRAIN = "drain"
 STATUS = "status"  # send a report now (reply=True on its last frame)
 PLAYERS = "players"  # sessions: live sessions of every worker (MSSP PLAYERS), every second
 
@@ -79,7 +81,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     STOPPING: {"sessions": (int,)},
     STOP: {},
-    DRAIN: {},
+    DRAIN: {"timeout": _NUMBER},
     STATUS: {},
     PLAYERS: {"sessions": (int,)},
 }

@@ -12,9 +12,10 @@ the current second. A sketch never counts too few, so a limit always holds
 for the address that hits it; it may count too many for an address that
 shares both its cells with busy ones, which at ``WIDTH`` cells is rare.
 
-Rows: two per shard, so that a rolling restart's new worker never writes the
-row its predecessor still writes (the supervisor hands them out, and clears
-a row when its worker is gone).
+Rows: several per shard (``ROWS_PER_SHARD`` in the supervisor), so that a
+reload's new worker never writes a row an older worker still writes, while
+old workers drain for as long as the reload timeout lets them (the
+supervisor hands rows out, and clears a row when its worker is gone).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class PeerTable:
         """Live sessions of every worker (what each counts in its row's header)."""
         header = self._header
         return sum(header[2 * r + 1] for r in self.live_rows())
+
+    def row_sessions(self, row: int) -> int:
+        """The live sessions of the worker that owns ``row``."""
+        return int(self._header[2 * row + 1])
 
     def live_rows(self) -> list[int]:
         header = self._header

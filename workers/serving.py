@@ -47,7 +47,7 @@ IDLE_GOODBYE = "\r\nYou have been idle too long. Goodbye.\r\n"
 IDLE_SWEEP_BATCH = 1000
 
 #: How a server stops: ``stop`` says goodbye and closes every session,
-#: ``drain`` lets sessions end on their own (until the graceful timeout),
+#: ``drain`` lets sessions end on their own (until ``Server.drain_timeout``),
 #: ``quit`` drops them at once.
 StopMode = Literal["stop", "drain", "quit"]
 
@@ -170,12 +170,14 @@ class Sessions:
             if protocol._transport is not None:
                 protocol._transport.abort()
 
-    async def wait_empty(self, timeout: float) -> bool:
+    async def wait_empty(self, timeout: float | None) -> bool:
+        """True once no session is left; False if ``timeout`` (None: none) passes first."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.live and loop.time() < deadline:
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.live and (deadline is None or loop.time() < deadline):
             waiters = [p._waiter_closed for p in self.live]
-            await asyncio.wait(waiters, timeout=max(0.0, deadline - loop.time()))
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            await asyncio.wait(waiters, timeout=left)
         return not self.live
 
 
@@ -250,6 +252,11 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self._stop_mode: asyncio.Future[StopMode] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: how long a drain lets sessions go on (the supervisor sends its
+        #: reload timeout with ``drain``); 0: until they end
+        self.drain_timeout = settings.graceful_timeout
+        # a stop or quit asked for while draining: it ends the drain
+        self._escalated: asyncio.Future[StopMode] | None = None
 
     def _session_ended(self, protocol: BaseServer) -> None:
         if protocol.peer_host:  # admitted: counted under that address
@@ -367,9 +374,14 @@ class Server:
         return counts
 
     def stop(self, mode: StopMode = "stop") -> None:
-        """Ask the server to stop; the first request wins."""
-        if self._stop_mode is not None and not self._stop_mode.done():
+        """Ask the server to stop; the first request wins, except that a stop or a
+        quit during a drain ends the drain that way."""
+        if self._stop_mode is None:
+            return
+        if not self._stop_mode.done():
             self._stop_mode.set_result(mode)
+        elif self._escalated is not None and not self._escalated.done() and mode != "drain":
+            self._escalated.set_result(mode)
 
     @property
     def listening(self) -> bool:
@@ -379,16 +391,44 @@ class Server:
     def stopping(self) -> bool:
         return self._stop_mode is not None and self._stop_mode.done()
 
+    @property
+    def draining(self) -> bool:
+        """Stopped accepting, its sessions going on (neither stopped nor quit since)."""
+        return (
+            self.stopping
+            and self._stop_mode is not None
+            and self._stop_mode.result() == "drain"
+            and not (self._escalated is not None and self._escalated.done())
+        )
+
+    async def _drain(self) -> StopMode:
+        """Wait for the sessions to end; "drain" if they did, else how to end the rest."""
+        loop = asyncio.get_running_loop()
+        escalated: asyncio.Future[StopMode] = loop.create_future()
+        self._escalated = escalated
+        timeout = self.drain_timeout or None
+        emptied = loop.create_task(self.sessions.wait_empty(timeout))
+        waiting: list[asyncio.Future[Any]] = [emptied, escalated]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if escalated.done():
+            emptied.cancel()
+            return escalated.result()
+        if emptied.result():
+            return "drain"
+        log.info(
+            "drain timeout (%gs) passed: closing %d sessions", timeout, len(self.sessions.live)
+        )
+        return "stop"
+
     async def _wind_down(self, mode: StopMode) -> None:
         sessions = self.sessions
         if mode == "drain":
-            # old worker of a rolling restart: sessions end on their own time
-            if await sessions.wait_empty(self.graceful_timeout):
+            # an old worker after a reload: sessions end on their own time,
+            # unless the drain timeout passes or a stop comes first
+            mode = await self._drain()
+            if mode == "drain":
                 return
-            sessions.say_goodbye()
-            sessions.close_all()
-            await sessions.wait_empty(1.0)
-        elif mode == "stop":
+        if mode == "stop":
             sessions.say_goodbye()
             sessions.close_all()
             await sessions.wait_empty(self.graceful_timeout)

@@ -76,14 +76,26 @@ def run_worker(
     settings: WorkerSettings,
     listen_sock: socket.socket,
     ipc_sock: socket.socket,
-    opts: SessionOptions,
+    make_opts: Callable[[], SessionOptions],
 ) -> NoReturn:
-    """The whole life of a worker process, after fork."""
+    """The whole life of a worker process, after fork.
+
+    ``make_opts`` imports the operator's shell and protocol: here, after the
+    fork, so that every worker imports them as they are on disk when it
+    starts (a reload's new code). One that cannot is a failed start: one
+    line in the log, exit status 1.
+    """
     code = 0
     try:
         _reset_inherited_state(settings.shard, settings.listen)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(settings, listen_sock, ipc_sock, opts))
+        try:
+            opts = make_opts()
+        except ValueError as exc:  # the one line that says what is wrong
+            log.error("shard %d: worker cannot start: %s", settings.shard, exc)
+            code = 1
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(_serve(settings, listen_sock, ipc_sock, opts))
     except BaseException as exc:  # the process ends here either way
         if not isinstance(exc, SystemExit | KeyboardInterrupt):
             log.exception("shard %d: worker failed: %s", settings.shard, exc)
