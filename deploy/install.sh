@@ -9,8 +9,11 @@
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
 #                              clients the tests run as processes, openssl
-#                              (test certificates, s_client) and systemd
+#                              (test certificates, s_client), systemd
 #                              (systemd-analyze verify of deploy/shardd.service)
+#                              haproxy (the PROXY protocol and
+#                              deploy/haproxy.cfg tests) and prometheus
+#                              (promtool checks the --metrics exposition)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -24,11 +27,13 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 dpkg-query -W -f='${Status}' inetutils-telnet 2>/dev/null | grep -q 'install ok installed' \
     || missing="$missing inetutils-telnet"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl \
+    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
         tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done
+    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' \
+        || missing="$missing prometheus"
 fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive

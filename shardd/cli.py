@@ -34,6 +34,19 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "SECONDS",
         "close a TLS connection whose handshake is not done within this (default 10)",
     ),
+    "proxy_protocol": (
+        None,
+        "every connection (plain and TLS port) opens with a PROXY header (v1 or v2) "
+        "from a trusted proxy, naming the client",
+    ),
+    "trusted_proxies": (
+        "CIDR,...",
+        "the proxies allowed to connect with --proxy-protocol (default 127.0.0.0/8,::1/128)",
+    ),
+    "proxy_header_timeout": (
+        "SECONDS",
+        "close a connection whose PROXY header is not complete within this (default 5)",
+    ),
     "workers": (
         "N",
         "worker processes, one shard each (default: CPU count); "
@@ -120,6 +133,14 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     "log_level": ("LEVEL", "debug, info, warning or error (default info)"),
     "log_format": ("FORMAT", "text or json (default text)"),
     "log_file": ("PATH", "log to this file (reopened on SIGUSR1) instead of stderr"),
+    "access_log": (
+        "on|off",
+        "a line (logger shardd.access) when each session opens and closes (default on)",
+    ),
+    "metrics": (
+        "HOST:PORT",
+        "serve Prometheus metrics at http://HOST:PORT/metrics ([::1]:9100 for IPv6; default off)",
+    ),
 }
 
 
@@ -281,6 +302,14 @@ def _serve_supervised(
     except OSError as exc:
         print(
             f"shardd: cannot listen on {cfg.host}:{supervisor.binding}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        supervisor.bind_metrics()
+    except OSError as exc:
+        print(
+            f"shardd: cannot listen for metrics on {cfg.metrics}: {exc.strerror or exc}",
             file=sys.stderr,
         )
         return 1

@@ -23,6 +23,12 @@ from typing import Any
 from workers.admission import AdmissionLimits
 from workers.limits import DEFAULT_MAX_OUTPUT_BUFFER
 from workers.mud import COMPRESSION, DEFAULT_OFFER, OPTION_NAMES
+from workers.proxy_stage import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_TRUSTED_PROXIES,
+    ProxySettings,
+    parse_networks,
+)
 from workers.serving import ServerSettings
 from workers.telnet.charsets import DEFAULT_CHARSETS, check_charset
 from workers.telnet.mssp import MSSPError, check_settings
@@ -55,6 +61,11 @@ class ServeConfig:
     certfile: str | None = None
     keyfile: str | None = None
     tls_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: PROXY protocol: every connection, on both ports, comes from one of the
+    #: trusted proxies and opens with a header naming the client
+    proxy_protocol: bool = False
+    trusted_proxies: list[str] = field(default_factory=lambda: list(DEFAULT_TRUSTED_PROXIES))
+    proxy_header_timeout: float = DEFAULT_HEADER_TIMEOUT
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     shell: str = "welcome"
     protocol: str = "workers.server:TelnetServer"
@@ -91,6 +102,11 @@ class ServeConfig:
     log_level: str = "info"
     log_format: str = "text"
     log_file: str | None = None
+    #: a line on the logger shardd.access when each session opens and closes
+    access_log: bool = True
+    #: HOST:PORT ([::1]:9100 for IPv6) where the supervisor serves Prometheus
+    #: metrics over HTTP; None: not served
+    metrics: str | None = None
 
     def server_settings(self) -> ServerSettings:
         """What every worker's server is built with."""
@@ -103,6 +119,11 @@ class ServeConfig:
                 max_connect_rate_per_ip=self.max_connect_rate_per_ip,
             ),
             idle_timeout=self.idle_timeout,
+            proxy=ProxySettings(
+                parse_networks(self.trusted_proxies), header_timeout=self.proxy_header_timeout
+            )
+            if self.proxy_protocol
+            else None,
         )
 
     @classmethod
@@ -126,6 +147,11 @@ class ServeConfig:
             self.tls_port = check_int("tls-port", self.tls_port, 0, 65535)
         self.tls_handshake_timeout = check_float(
             "tls-handshake-timeout", self.tls_handshake_timeout, 0.0, 3600.0, above=True
+        )
+        self.proxy_protocol = check_bool("proxy-protocol", self.proxy_protocol)
+        self.trusted_proxies = check_networks(self.trusted_proxies)
+        self.proxy_header_timeout = check_float(
+            "proxy-header-timeout", self.proxy_header_timeout, 0.0, 3600.0, above=True
         )
         self.workers = check_int("workers", self.workers, 0, 1024)
         self.shell = check_str("shell", self.shell)
@@ -165,10 +191,13 @@ class ServeConfig:
         self.share_port = check_bool("share-port", self.share_port)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
+        self.access_log = check_switch("access-log", self.access_log)
         for key in ("pidfile", "control", "log_file", "user", "group", "certfile", "keyfile"):
             value = getattr(self, key)
             if value is not None:
                 setattr(self, key, check_str(key.replace("_", "-"), value))
+        if self.metrics is not None:
+            self.metrics = check_metrics(self.metrics)
         if self.user is not None:
             try:
                 pwd.getpwnam(self.user)
@@ -182,6 +211,9 @@ class ServeConfig:
 
     def check_together(self) -> ServeConfig:
         """The checks between settings, once the file and the flags are both in."""
+        if self.metrics is not None and self.workers == 0:
+            # the supervisor serves them, from its workers' reports
+            raise ConfigError("metrics", "needs a supervisor: workers must be 1 or more")
         named = [name for name in self.offer if name in COMPRESSION]
         if named and not self.compression:
             raise ConfigError("offer", f"{', '.join(named)} needs compression on")
@@ -262,6 +294,39 @@ def check_host(host: Any) -> None:
         raise ConfigError("host", f"cannot resolve {host!r}: {exc.strerror or exc}") from None
 
 
+def check_metrics(value: Any) -> str:
+    """``HOST:PORT`` or ``[IPv6]:PORT``, checked; returned as given."""
+    split_address(check_str("metrics", value))
+    return str(value)
+
+
+def split_address(value: str, key: str = "metrics") -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port); ConfigError naming ``key``."""
+    form = "must be HOST:PORT or [IPv6]:PORT"
+    if value.startswith("["):
+        host, bracket, port = value[1:].partition("]:")
+        if not bracket:
+            raise ConfigError(key, f"{form}, not {value!r}")
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(key, f"{host!r} in brackets must be an IPv6 address") from None
+    else:
+        host, colon, port = value.rpartition(":")
+        if not colon or not host:
+            raise ConfigError(key, f"{form}, not {value!r}")
+        if ":" in host:
+            raise ConfigError(key, f"write an IPv6 address in brackets ([{host}]:{port})")
+        try:
+            check_host(host)
+        except ConfigError as exc:
+            raise ConfigError(key, str(exc).split(": ", 1)[1]) from None
+    if not port.isascii() or not port.isdigit():
+        raise ConfigError(key, f"{form}, with a port number, not {value!r}")
+    return host, check_int(key, port, 0, 65535)
+
+
 def check_str(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(key, f"must be a non-empty string, not {value!r}")
@@ -274,6 +339,16 @@ def check_bool(key: str, value: Any) -> bool:
     if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
         return value.lower() in ("true", "yes", "1")
     raise ConfigError(key, f"must be true or false, not {value!r}")
+
+
+def check_switch(key: str, value: Any) -> bool:
+    """on/off (or true/false, yes/no, 1/0), as a flag or a TOML string or boolean."""
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    try:
+        return check_bool(key, value)
+    except ConfigError:
+        raise ConfigError(key, f"must be on or off, not {value!r}") from None
 
 
 def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -339,6 +414,23 @@ def check_charsets(value: Any) -> list[str]:
         except ValueError as exc:
             raise ConfigError("charsets", str(exc)) from None
     return names
+
+
+def check_networks(value: Any) -> list[str]:
+    """trusted-proxies: networks in CIDR form, a list or one string separated by commas."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(n, str) for n in items):
+        raise ConfigError(
+            "trusted-proxies", f"must be networks (CIDR) separated by commas, not {value!r}"
+        )
+    items = [n.strip() for n in items if n.strip()]
+    if not items:
+        raise ConfigError("trusted-proxies", "must name at least one network")
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise ConfigError("trusted-proxies", str(exc)) from None
+    return items
 
 
 def check_offer(value: Any) -> list[str]:

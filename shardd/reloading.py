@@ -38,6 +38,7 @@ RESTART_ONLY = (
     "pidfile",
     "log_format",
     "log_file",
+    "metrics",  # its socket is bound once, before privileges drop
 )
 
 #: how a reload's outcome is told to whoever asked (ok, the one line)

@@ -52,4 +52,5 @@ def session_options(cfg: ServeConfig, started: float) -> SessionOptions:
             mssp=dict(cfg.mssp),
             started=started,
         ),
+        access_log=cfg.access_log,
     )

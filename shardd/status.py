@@ -235,6 +235,11 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
             for why in ("error", "timeout")
             if counters.get(f"tls_handshake_{why}")
         },
+        "proxy_header_failures": {
+            why: counters[f"proxy_{why}"]
+            for why in ("untrusted", "bad_header", "timeout")
+            if counters.get(f"proxy_{why}")
+        },
         "gc": {
             "collections": [counters.get(f"gc_collections_{g}", 0) for g in range(3)],
             "max_pause_ms": round(counters.get("gc_max_pause_us", 0) / 1000, 1),

@@ -102,6 +102,13 @@ def _events(counts: dict[str, Any]) -> str:
     if tls:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(tls.items()))
         parts.append(count(sum(tls.values()), "TLS handshake") + f" failed ({reasons})")
+    proxy = counts.get("proxy_header_failures") or {}
+    if proxy:
+        reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(proxy.items()))
+        parts.append(
+            f"{count(sum(proxy.values()), 'connection')} closed before a valid PROXY header "
+            f"({reasons})"
+        )
     if counts.get("shell_errors"):
         parts.append(count(counts["shell_errors"], "shell error"))
     if counts.get("gmcp_dropped"):

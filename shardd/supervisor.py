@@ -30,8 +30,10 @@ from typing import Any
 import psutil
 
 from shardd import control, listeners, logs, privileges
-from shardd.config import ConfigError, ConfigSource, ServeConfig
+from shardd.config import ConfigError, ConfigSource, ServeConfig, split_address
 from shardd.control_handlers import SupervisorHandlers
+from shardd.metrics import CONTENT_TYPE, Exposition, ShardTotals
+from shardd.metrics_http import MetricsServer
 from shardd.reloading import Answer, Reload, keep_restart_only
 from shardd.sd_notify import Notifier
 from shardd.session_options import session_options
@@ -119,6 +121,10 @@ class WorkerHandle:
     replaced: bool = False  # killed on purpose; its shard is respawned
     cpu_percent: float | None = None  # over the last CPU_WINDOW
     cpu_sample: tuple[float, float] | None = None  # (monotonic, CPU seconds) at its start
+    # bytes of its sessions closed since its last report, as last reported: its
+    # next report's counters hold them (shardd/metrics.py)
+    unreported_rx: int = 0
+    unreported_tx: int = 0
 
     def sample_cpu(self, now: float) -> None:
         """Close one CPU window and open the next."""
@@ -183,6 +189,8 @@ class Supervisor:
         self.shards: list[Shard] = []
         self.past_counters: Counter[str] = Counter()  # of workers that are gone
         self.past_max_pause_us = 0
+        self.shard_totals = ShardTotals()  # per shard, of workers that are gone (metrics)
+        self.metrics: MetricsServer | None = None
         self.workers: dict[int, WorkerHandle] = {}  # pid -> handle, every live child
         self.selector = selectors.DefaultSelector()
         self.signals: deque[int] = deque()
@@ -241,6 +249,20 @@ class Supervisor:
             owners=[privileges.uid_of(self.cfg.user)],
         )
 
+    def bind_metrics(self) -> None:
+        """Listen for Prometheus scrapes, if ``--metrics`` says where."""
+        if self.cfg.metrics is None:
+            return
+        host, port = split_address(self.cfg.metrics)
+        sock = listeners.bind(host, port, backlog=64)
+        self.metrics = MetricsServer(
+            sock,
+            self.selector,
+            Exposition(self).render,
+            CONTENT_TYPE,
+            refresh=self.request_status,  # exact figures, as `shardd status` has
+        )
+
     def _add_shard_socket(self, index: int) -> Shard:
         self.binding = self.port
         sock = listeners.bind_shard(self.cfg.host, self.port, self.cfg.backlog)
@@ -273,6 +295,10 @@ class Supervisor:
             self.control.path,
         )
         proctitle.set_title(f"supervisor {proctitle.address(host, self.port)}")
+        if self.metrics is not None:
+            mhost, mport = self.metrics.address
+            mhost = f"[{mhost}]" if ":" in mhost else mhost
+            log.info("metrics on http://%s:%d/metrics", mhost, mport)
         for shard in self.shards:
             self._spawn(shard)
         try:
@@ -607,7 +633,12 @@ class Supervisor:
         handle.sample_cpu(now)  # its first CPU window starts now
         self.workers[pid] = handle
         self.selector.register(ours, selectors.EVENT_READ, self._channel_readable(handle))
-        log.info("shard %d: worker %d started", shard.index, pid)
+        log.info(
+            "shard %d: worker %d started",
+            shard.index,
+            pid,
+            extra={"event": "worker_started", "shard": shard.index, "worker": pid},
+        )
         return handle
 
     def _close_in_child(self, keep: Shard) -> None:
@@ -620,6 +651,8 @@ class Supervisor:
             handle.channel.close()
         if self.control is not None:
             self.control.close_in_child()
+        if self.metrics is not None:
+            self.metrics.close_in_child()
         for fd in (self._wakeup_r, self._wakeup_w):
             os.close(fd)
         if self.reload is not None and self.reload.probe is not None:
@@ -668,6 +701,7 @@ class Supervisor:
             handle.last_report = now
             handle.accepted = message["accepted"]
             handle.counters = message["counters"]
+            handle.unreported_rx = handle.unreported_tx = 0  # these counters hold them
             for entry in message["sessions"]:
                 record = handle.sessions.get(entry[0])
                 if record is not None:
@@ -678,7 +712,10 @@ class Supervisor:
             for session_id, peer, connected_at in message["sessions"]:
                 handle.sessions[session_id] = [peer, connected_at, None]
         elif kind == ipc.CLOSE:
-            handle.sessions.pop(message["id"], None)
+            record = handle.sessions.pop(message["id"], None)
+            if record is not None and record[2] is not None:
+                handle.unreported_rx += record[2][1]
+                handle.unreported_tx += record[2][2]
         elif kind == ipc.HELLO:
             if message["pid"] != handle.pid or message["shard"] != handle.shard:
                 raise ipc.FrameError(
@@ -767,23 +804,62 @@ class Supervisor:
             if handle is None:
                 continue
             self._forget_channel(handle)
+            lost = self._sessions_lost(handle)  # before its row is cleared
             self._release_row(handle)
-            self._worker_died(handle, _describe_exit(status))
+            self._worker_died(handle, _describe_exit(status), lost)
+
+    def _sessions_lost(self, handle: WorkerHandle) -> tuple[int, bool]:
+        """How many sessions a dead worker still held, and whether that is exact.
+
+        Its row of the peer table counts, as the worker admitted and ended
+        them, every connection it held (those still in a TLS handshake too),
+        sessions opened since its last report included. A worker that died
+        before it wrote its row leaves only its reports: at least those.
+        """
+        reported = max(
+            len(handle.sessions),
+            handle.accepted - handle.counters.get("sessions_ended", 0),
+        )
+        if self.peer_table.in_use(handle.row):
+            return max(self.peer_table.row_sessions(handle.row), reported), True
+        return reported, False
 
     def _release_row(self, handle: WorkerHandle) -> None:
         # status totals outlive the worker
         self.past_counters.update(handle.counters)
         pause = handle.counters.get("gc_max_pause_us", 0)
         self.past_max_pause_us = max(self.past_max_pause_us, pause)
+        self.shard_totals.retire(handle)
         # the worker and its sessions are gone: so are their counts
         self.peer_table.clear(handle.row)
         self.free_rows.append(handle.row)
 
-    def _worker_died(self, handle: WorkerHandle, how: str) -> None:
+    def _worker_died(
+        self, handle: WorkerHandle, how: str, lost: tuple[int, bool] = (0, True)
+    ) -> None:
         shard = self.shard(handle.shard)
         expected = self.stopping or handle.state in ("draining", "stopping")
         level = logging.INFO if expected else logging.ERROR
-        log.log(level, "shard %d: worker %d %s", handle.shard, handle.pid, how)
+        sessions, exact = lost
+        if sessions or not expected:
+            what = f"; {'' if exact else 'at least '}{count(sessions, 'session')} lost"
+        else:
+            what = ""
+        log.log(
+            level,
+            "shard %d: worker %d %s%s",
+            handle.shard,
+            handle.pid,
+            how,
+            what,
+            extra={
+                "event": "worker_died",
+                "shard": handle.shard,
+                "worker": handle.pid,
+                "exit": how,
+                "sessions_lost": sessions,
+            },
+        )
         if self.rolling_new is handle:
             self.rolling_new = None
             log.error(
@@ -844,6 +920,8 @@ class Supervisor:
 
     def _check_timers(self) -> None:
         now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.expire(now)
         if self.stopping:
             if now >= self.stop_deadline and self.workers:
                 log.warning(
@@ -962,6 +1040,8 @@ class Supervisor:
         self.notifier.close()
         if self.control is not None:
             self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for shard in self.shards:
             _close_sockets(shard)
         signal.set_wakeup_fd(-1)

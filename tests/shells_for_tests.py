@@ -312,3 +312,31 @@ async def mud_unread(reader: Any, writer: Any) -> None:
             session = writer.protocol.mud_session()
             waiting = session.waiting
             _write(writer, f"COUNT {waiting} DROPPED {session.dropped}\r\n")
+
+
+#: the ``get_extra_info`` keys ``addresses`` sends back: who the session is with
+ADDRESS_KEYS = (
+    "peername",
+    "sockname",
+    "tls",
+    "proxy_version",
+    "proxy_unique_id",
+    "proxy_authority",
+    "proxy_alpn",
+    "proxy_ssl",
+)
+
+
+async def addresses(reader: Any, writer: Any) -> None:
+    """``ADDRESSES {json}`` of the session's addresses and PROXY details, then
+    ``You said: <line>`` for each line until the client leaves."""
+    seen = {key: writer.get_extra_info(key) for key in ADDRESS_KEYS}
+    seen["pid"] = os.getpid()
+    for key in ("proxy_unique_id", "proxy_alpn"):
+        if isinstance(seen[key], bytes):
+            seen[key] = seen[key].decode("utf-8", "replace")
+    _write(writer, "ADDRESSES " + json.dumps(seen, default=str) + "\r\n")
+    editor = LineEditor(reader, writer)
+    while (line := await editor.readline()) is not None:
+        _write(writer, f"You said: {line}\r\n")
+        await writer.drain()

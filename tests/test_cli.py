@@ -172,7 +172,7 @@ def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
         idle_got = _read_to_eof(idle, bytearray())
     assert b"The server is shutting down. Goodbye.\r\n" in got, got
     assert b"shutting down" in idle_got, idle_got
-    server.wait_for_log(r"INFO shardd: stopped")
+    server.wait_for_log(r"INFO +\d+ shardd: stopped")
     assert "Traceback" not in server.log_text()
 
 
@@ -209,7 +209,7 @@ def test_stop_is_bounded_by_graceful_timeout_when_a_client_never_reads(serve) ->
         started = time.monotonic()
         assert server.stop(signal.SIGTERM, timeout=10) == 0
         assert time.monotonic() - started < 6
-    server.wait_for_log(r"INFO shardd: stopped")
+    server.wait_for_log(r"INFO +\d+ shardd: stopped")
 
 
 # ------------------------------------------------- shells from the current directory

@@ -21,7 +21,7 @@ README = (ROOT / "README.md").read_text()
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 #: flags in the README's text that belong to other programs
-NOT_SHARDD = {"--test", "--check"}  # deploy/install.sh --test, ruff format --check
+NOT_SHARDD = {"--test", "--check", "--now"}  # install.sh, ruff format, systemctl
 
 
 def _section(text: str, title: str) -> str:

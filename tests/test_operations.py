@@ -55,7 +55,7 @@ TTYPE = 24
 IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 
 LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ (DEBUG|INFO|WARNING|ERROR) ")
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) +\d+ ")
 
 SUPERVISOR_FIELDS = {"pid", "uptime", "listen", "workers"}
 
@@ -1137,7 +1137,7 @@ def test_a_log_file_that_cannot_be_reopened_is_logged_and_kept(launch, shared_di
 
         def failure(pid: int) -> str:
             return (
-                rf" {pid} ERROR shardd\.logs: cannot reopen the log file "
+                rf" ERROR +{pid} shardd\.logs: cannot reopen the log file "
                 rf"{re.escape(str(log_file))}: Permission denied"
             )
 

@@ -13,7 +13,8 @@ one line before the connection is closed:
   worker together.
 
 The counts across workers are in shared memory (:mod:`workers.peer_table`).
-Warnings about refusals are rate-limited like protocol warnings.
+Lines about refusals (INFO) are rate-limited like protocol warnings; a server at
+its own limit (``fds``, ``full``) also warns that it is.
 """
 
 from __future__ import annotations
@@ -93,7 +94,24 @@ class Admission:
         self.counts.remove_session(host)
 
     def _refuse(self, arrival: Arrival, reason: str, line: str, why: str) -> Refusal:
-        PROTOCOL_WARNINGS.warning(log, arrival.host, "%s: refused: %s", arrival.peer, why)
+        # INFO: turning a client away is the limits doing their job; a server
+        # at its own limit is the operator's business, and _at_limit warns
+        peername = arrival.peername
+        PROTOCOL_WARNINGS.warning(
+            log,
+            arrival.host,
+            "%s: refused: %s",
+            arrival.peer,
+            why,
+            level=logging.INFO,
+            extra={
+                "event": "refused",
+                "reason": reason,
+                "peer": arrival.host,
+                "peer_port": peername[1] if isinstance(peername, tuple) else None,
+                "shard": self.server.sessions.shared_extra.get("shard"),
+            },
+        )
         return Refusal(reason, line)
 
     def _at_limit(self, what: str) -> None:

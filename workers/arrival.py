@@ -2,6 +2,11 @@
 
 Every accepted connection takes the same path, in this order:
 
+0. **Preludes** (``Server.preludes``): stages that decide who the client
+   is, and so must run before admission: the PROXY header
+   (:mod:`workers.proxy_stage`), whose source address becomes the
+   connection's peer (:meth:`Arrival.relayed`). Nothing is sent to the
+   client while they run.
 1. **Admission** (``Server.admit``): one synchronous check that decides
    whether the connection is served at all. It returns ``None`` to let the
    connection in, or a :class:`Refusal` whose message is written to the
@@ -17,7 +22,7 @@ Every accepted connection takes the same path, in this order:
 3. The telnet session: a protocol instance from the server's ``Sessions``
    takes the transport over, and gets whatever the stages left unread.
 
-A server with neither admission nor stages skips all this: its protocol
+A server with no preludes, admission or stages skips all this: its protocol
 factory builds the session directly, so the plain path costs nothing.
 """
 
@@ -60,7 +65,7 @@ class Arrival(asyncio.Protocol):
     ``stages``: those this connection goes through (default: the server's).
     ``encrypted``: the client speaks TLS first, so a refusal closes the
     connection without a line it could not read, and its session is marked
-    as a TLS one.
+    as a TLS one. The server's preludes run first, then admission.
     """
 
     def __init__(
@@ -68,9 +73,13 @@ class Arrival(asyncio.Protocol):
     ) -> None:
         self.server = server
         self.stages = server.stages if stages is None else stages
+        self.preludes = server.preludes
         self.encrypted = encrypted
         self.transport: asyncio.Transport | None = None
         self.peername: object = None
+        #: what the session's get_extra_info gives before its transport's
+        #: (a PROXY header's addresses and TLVs)
+        self.extra: dict[str, Any] = {}
         self._buffer = bytearray()
         self._eof = False
         self._lost = False
@@ -88,21 +97,33 @@ class Arrival(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         self.peername = transport.get_extra_info("peername")
         server = self.server
-        if server.admit is not None:
-            refusal = server.admit(self)
-            if refusal is not None:
-                server.refused[refusal.reason] += 1
-                if not self.encrypted:
-                    transport.write(refusal.message.encode("utf-8", "replace"))
-                transport.close()
+        if not self.preludes:
+            if not self._admit():
                 return
-            self._admitted = True
-        if not self.stages:
-            self._hand_over()
-            return
+            if not self.stages:
+                self._hand_over()
+                return
         server.arriving += 1
         self._counted = True
         self._task = asyncio.get_running_loop().create_task(self._run_stages())
+
+    def _admit(self) -> bool:
+        """The server's admission check; a refused connection is closed, after
+        its line (unless it speaks TLS)."""
+        server = self.server
+        if server.admit is None:
+            return True
+        refusal = server.admit(self)
+        if refusal is not None:
+            server.refused[refusal.reason] += 1
+            transport = self.transport
+            assert transport is not None
+            if not self.encrypted:
+                transport.write(refusal.message.encode("utf-8", "replace"))
+            transport.close()
+            return False
+        self._admitted = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -171,6 +192,19 @@ class Arrival(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    def relayed(
+        self, peername: object | None, sockname: object | None, extra: dict[str, Any]
+    ) -> None:
+        """The connection is relayed by a proxy for ``peername`` (its client), which
+        reached ``sockname``: from now on these are the connection's addresses,
+        for admission, logs and the session (None: keep the connection's own).
+        ``extra``: more for the session's ``get_extra_info``."""
+        self.extra.update(extra)
+        if peername is not None:
+            self.peername = self.extra["peername"] = peername
+        if sockname is not None:
+            self.extra["sockname"] = sockname
 
     def unread(self, data: bytes) -> None:
         """Give back bytes a stage read but does not own: the next reader gets them first."""
@@ -241,10 +275,14 @@ class Arrival(asyncio.Protocol):
 
     async def _run_stages(self) -> None:
         try:
+            for stage in self.preludes:
+                if not await self._run(stage):
+                    return
+            if self.preludes and not self._admit():
+                self._forget()
+                return
             for stage in self.stages:
-                await stage(self)
-                if self._lost or self.transport is None or self.transport.is_closing():
-                    self._forget()  # no session for it (its connection_lost may not come)
+                if not await self._run(stage):
                     return
         except asyncio.CancelledError:
             return
@@ -262,11 +300,21 @@ class Arrival(asyncio.Protocol):
             return
         self._hand_over()
 
+    async def _run(self, stage: Stage) -> bool:
+        """Run one stage; False if the connection has no session to come."""
+        await stage(self)
+        if self._lost or self.transport is None or self.transport.is_closing():
+            self._forget()  # no session for it (its connection_lost may not come)
+            return False
+        return True
+
     def _hand_over(self) -> None:
         transport = self.transport
         assert transport is not None
         self._leave()
         session = self.server.sessions.new(tls=self.encrypted)
+        if self.extra:
+            session.set_extra(self.extra)
         if self._admitted:
             # the session releases what the admission counted, when it ends
             self._admitted = False

@@ -32,7 +32,8 @@ OPEN = "open"  # sessions: [[id, peer, connected_at], ...] first seen since the 
 CLOSE = "close"  # id
 # time, accepted, counters: {name: count} of the worker's events (refused:<reason>,
 # protocol_errors, output_overflow, idle_timeout, mccp3_broken, gmcp_dropped,
-# shell_errors), sessions:
+# shell_errors; closed sessions' bytes and duration buckets, workers/session_totals.py),
+# sessions:
 # [SESSION_FIELDS...], last: bool, reply: bool
 REPORT = "report"
 STOPPING = "stopping"  # sessions: how many are left as the worker winds down
@@ -61,8 +62,11 @@ SESSION_FIELDS = (
     "protocol_errors",
     "tls",
 )
-# More counters than this in one report is not a worker's report.
-MAX_COUNTERS = 64
+# More counters than this in one report is not a worker's report. A worker
+# reports about 40 kinds (12 of them closed sessions' bytes and duration
+# buckets); a report over the bound gets its worker killed, so the bound
+# leaves room for the kinds features add.
+MAX_COUNTERS = 128
 
 _NUMBER = (int, float)
 _NONE = type(None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 PER_HOST = 5
@@ -38,15 +39,23 @@ class WarningLimiter:
         self.interval = interval
         self._logged: dict[str, int] = {}  # host -> lines logged this window
         self._held: dict[str, int] = {}  # host -> lines held back this window
+        self._held_level = logging.DEBUG  # the highest level held back this window
         self._logged_total = 0
         self._window_end = 0.0
         self._logger: logging.Logger | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def warning(
-        self, log: logging.Logger, host: str, msg: str, *args: Any, level: int = logging.WARNING
+        self,
+        log: logging.Logger,
+        host: str,
+        msg: str,
+        *args: Any,
+        level: int = logging.WARNING,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
-        """``log.log(level, msg, *args)`` unless ``host`` or the process is over its share."""
+        """``log.log(level, msg, *args, extra=extra)`` unless ``host`` or the process
+        is over its share. ``extra``: fields for JSON logs (``peer``, ``shard``...)."""
         now = time.monotonic()
         if now >= self._window_end:
             self.flush()
@@ -56,10 +65,11 @@ class WarningLimiter:
             if host in self._logged or len(self._logged) < MAX_HOSTS:
                 self._logged[host] = logged + 1
             self._logged_total += 1
-            log.log(level, msg, *args)
+            log.log(level, msg, *args, extra=extra)
             return
         key = host if host in self._held or len(self._held) < MAX_HOSTS else _OTHERS
         self._held[key] = self._held.get(key, 0) + 1
+        self._held_level = max(self._held_level, level)
         self._logger = log
         if self._flush_timer is None:
             try:
@@ -70,6 +80,12 @@ class WarningLimiter:
                 loop.time() + (self._window_end - now), self._flush_on_time
             )
 
+    def flush_if_over(self, now: float) -> None:
+        """For a caller with no event loop (the supervisor), called every so
+        often: log what was held back once its window is over."""
+        if self._held and now >= self._window_end:
+            self._flush_on_time()
+
     def _flush_on_time(self) -> None:
         self._flush_timer = None
         self.flush()
@@ -78,6 +94,9 @@ class WarningLimiter:
     def flush(self) -> None:
         """Log what was held back in this window, and start a new one."""
         held, self._held = self._held, {}
+        # the summary is as loud as the loudest line it stands for: held-back
+        # INFO lines (failed TLS handshakes) stay INFO, shell failures ERROR
+        level, self._held_level = self._held_level, logging.DEBUG
         self._logged.clear()
         self._logged_total = 0
         if self._flush_timer is not None:
@@ -89,14 +108,16 @@ class WarningLimiter:
         ordered = sorted(held.items(), key=lambda item: -item[1])
         rest = ordered[MAX_SUMMARY_LINES:]
         for host, count in ordered[:MAX_SUMMARY_LINES]:
-            log.warning(
+            log.log(
+                level,
                 "%s: %d more warnings about this peer in the last %.0fs, not logged",
                 host,
                 count,
                 self.interval,
             )
         if rest:
-            log.warning(
+            log.log(
+                level,
                 "%d more warnings about %d more peers in the last %.0fs, not logged",
                 sum(count for _host, count in rest),
                 len(rest),

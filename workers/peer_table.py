@@ -61,8 +61,12 @@ class PeerTable:
         header = self._header
         return sum(header[2 * r + 1] for r in self.live_rows())
 
+    def in_use(self, row: int) -> bool:
+        """Whether a worker took ``row`` (and has not been cleared since)."""
+        return bool(self._header[2 * row])
+
     def row_sessions(self, row: int) -> int:
-        """The live sessions of the worker that owns ``row``."""
+        """The live sessions ``row``'s worker counts (what it admitted and has not ended)."""
         return int(self._header[2 * row + 1])
 
     def live_rows(self) -> list[int]:

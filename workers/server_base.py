@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from workers import access_log
+from workers.access_log import AccessLog
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.log_limits import PROTOCOL_WARNINGS
 from workers.mud import DEFAULT_MUD, MudServer, MudSession
@@ -92,6 +95,7 @@ class BaseServer(asyncio.Protocol):
         "_acknowledged",
         "_advanced",
         "_check_later",
+        "_close_reason",
         "_deflate",
         "_drain_waiters",
         "_encoding_errors",
@@ -112,6 +116,7 @@ class BaseServer(asyncio.Protocol):
         "_waiter_closed",
         "_waiter_connected",
         "_when_connected",
+        "access",
         "closed",
         "connect_maxwait",
         "counters",
@@ -124,6 +129,7 @@ class BaseServer(asyncio.Protocol):
         "protocol_errors",
         "reader",
         "rx_bytes",
+        "session_id",
         "shared_extra",
         "shell",
         "tx_bytes",
@@ -201,6 +207,11 @@ class BaseServer(asyncio.Protocol):
         # be inflated, or parsed again, once what came before is handled
         self._handover: bytes | None = None
         self._mud: MudSession | None = None  # GMCP and MSDP state, once used
+        #: the number the server gave this session (unique within its process); 0: none
+        self.session_id = 0
+        #: where the session's open and close lines go (set by the server); None: nowhere
+        self.access: AccessLog | None = None
+        self._close_reason = ""
 
     # -------------------------------------------------------------- asyncio side
 
@@ -215,6 +226,8 @@ class BaseServer(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self._when_connected = self._last_received = _monotonic()
         self._engine.budget = self.limits.parse_budget
+        if self.access is not None:
+            self.access.opened(self)
         try:
             self._start_session(self._transport)
         except Exception as exc:
@@ -222,6 +235,7 @@ class BaseServer(asyncio.Protocol):
             self.log.error(
                 "%s: cannot start session: %s: %s", self.peer, type(exc).__name__, exc, exc_info=exc
             )
+            self.record_close_reason(access_log.START_FAILED)
             self._transport.abort()
 
     def _start_session(self, transport: asyncio.Transport) -> None:
@@ -372,6 +386,7 @@ class BaseServer(asyncio.Protocol):
         PROTOCOL_WARNINGS.warning(
             self.log, self._peer_host(), "%s: MCCP3: %s; closing", self.peer, exc
         )
+        self.record_close_reason(access_log.PROTOCOL_ERROR)
         self._close_transport()
 
     def eof_received(self) -> bool:
@@ -381,6 +396,7 @@ class BaseServer(asyncio.Protocol):
         """
         if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
             self.log.debug("%s: EOF received, closing", self.peer)
+        self.record_close_reason(access_log.CLIENT_CLOSED)
         self.reader.feed_eof()  # type: ignore[union-attr]
         self.flush_output()
         self._transport.close()  # type: ignore[union-attr]
@@ -395,6 +411,10 @@ class BaseServer(asyncio.Protocol):
             return
         self._lost = self.closed = True
         self._queued = None
+        if not self._close_reason:
+            self._close_reason = (
+                access_log.CLIENT_CLOSED if exc is None else access_log.connection_error(exc)
+            )
         if self.log.isEnabledFor(logging.DEBUG):  # self.peer is not free
             self.log.debug("%s: connection closed: %s", self.peer, exc or "EOF")
         if self._check_later is not None:
@@ -414,6 +434,8 @@ class BaseServer(asyncio.Protocol):
         self._deflate = self._inflate = None
         if self._mud is not None:
             self._mud.close()
+        if self.access is not None:
+            self.access.closed(self)
         if not self._waiter_closed.done():
             self._waiter_closed.set_result(self)
 
@@ -460,6 +482,7 @@ class BaseServer(asyncio.Protocol):
         if size <= limit:
             return
         self.counters["output_overflow"] += 1
+        self.record_close_reason(access_log.OUTPUT_OVERFLOW)
         PROTOCOL_WARNINGS.warning(
             self.log,
             self._peer_host(),
@@ -631,6 +654,11 @@ class BaseServer(asyncio.Protocol):
                 return value
         return self.shared_extra.get(name, default)
 
+    def set_extra(self, values: Mapping[str, Any]) -> None:
+        """Values ``get_extra_info`` gives before the transport's: a PROXY header's
+        ``peername`` and ``sockname`` (the client behind the proxy), its TLVs."""
+        self._extra.update(values)
+
     @property
     def peer(self) -> str:
         """The client's address as ``host:port``, for log lines."""
@@ -638,6 +666,17 @@ class BaseServer(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             return f"{peer[0]}:{peer[1]}"
         return str(peer)
+
+    @property
+    def close_reason(self) -> str:
+        """Why the session closed, or is closing (``workers.access_log``'s vocabulary:
+        ``client closed``, ``shell ended``, ``idle timeout``, ...); "" while it is open."""
+        return self._close_reason
+
+    def record_close_reason(self, reason: str) -> None:
+        """Say why the session is being closed, before closing it; the first reason stays."""
+        if not self._close_reason:
+            self._close_reason = reason
 
     def protocol_warning(self, msg: str, *args: Any) -> None:
         """Warn that the client sent something malformed or refused; the session goes on.
@@ -647,7 +686,25 @@ class BaseServer(asyncio.Protocol):
         """
         self.protocol_errors += 1
         self.counters["protocol_errors"] += 1
-        PROTOCOL_WARNINGS.warning(self.log, self._peer_host(), "%s: " + msg, self.peer, *args)
+        PROTOCOL_WARNINGS.warning(
+            self.log,
+            self._peer_host(),
+            "%s: " + msg,
+            self.peer,
+            *args,
+            extra=self.log_fields("protocol_warning"),
+        )
+
+    def log_fields(self, event: str) -> dict[str, object]:
+        """Fields naming this session for a structured (JSON) log line about it."""
+        host, port = access_log.split_peer(self.get_extra_info("peername"))
+        return {
+            "event": event,
+            "peer": host,
+            "peer_port": port,
+            "shard": self.shared_extra.get("shard"),
+            "session": f"{os.getpid()}.{self.session_id}" if self.session_id else None,
+        }
 
     def _peer_host(self) -> str:
         if self.peer_host:
@@ -794,16 +851,25 @@ class BaseServer(asyncio.Protocol):
         elif exc is not None:
             self._shell_failed(exc)
             return
+        self.record_close_reason(access_log.SHELL_ENDED)
         self._close_transport()
 
     def _shell_failed(self, exc: BaseException) -> None:
         """One line naming the peer and where the shell failed; the traceback at debug."""
         self.counters["shell_errors"] += 1
+        self.record_close_reason(access_log.SHELL_FAILED)
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" (at {frame[0].filename}:{frame[0].lineno} in {frame[0].name})" if frame else ""
         message = "%s: shell failed: %s: %s%s"
         args = (self.peer, type(exc).__name__, exc, where)
-        PROTOCOL_WARNINGS.warning(self.log, self._peer_host(), message, *args, level=logging.ERROR)
+        PROTOCOL_WARNINGS.warning(
+            self.log,
+            self._peer_host(),
+            message,
+            *args,
+            level=logging.ERROR,
+            extra=self.log_fields("shell_failed"),
+        )
         self.log.debug("%s: shell traceback", self.peer, exc_info=exc)
         self._close_transport()
 

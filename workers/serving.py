@@ -8,9 +8,11 @@ to stop, then says goodbye and closes them.
 
 Where new kinds of work plug in (see ``docs/ARCHITECTURE.md``):
 
+- ``Server.preludes``: work on a connection before admission, because it
+  says who the client is (the PROXY header, :mod:`workers.proxy_stage`);
 - ``Server.admit``: whether a new connection is served at all;
-- ``Server.stages``: work on a connection before its telnet engine sees it
-  (PROXY protocol, say), see :mod:`workers.arrival`;
+- ``Server.stages``: work on a connection before its telnet engine sees it,
+  see :mod:`workers.arrival`;
 - ``Server(tls=...)``: a second listening socket whose connections first go
   through a TLS handshake stage (:mod:`workers.tls`), then the same stages
   and sessions as the first;
@@ -30,14 +32,19 @@ from typing import Any, Literal, Protocol
 
 import uvloop
 
+from workers import access_log
+from workers.access_log import AccessLog
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
 from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
+from workers.plural import count
+from workers.proxy_stage import ProxyHeaderStage, ProxySettings
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
+from workers.session_totals import count_closed
 from workers.tls import Handshake, TlsListener
 
 log = logging.getLogger("shardd.serving")
@@ -66,6 +73,8 @@ class SessionOptions:
     limits: SessionLimits = DEFAULT_LIMITS
     #: the MUD protocols offered (GMCP, MSDP, MSSP, MCCP) and MSSP's variables
     mud: MudOptions = DEFAULT_MUD
+    #: a line on ``shardd.access`` when each session opens and closes
+    access_log: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class ServerSettings:
     idle_timeout: float = 0.0
     #: decide when full garbage collections run (workers/gc_watch.py); off, Python does
     manage_gc: bool = True
+    #: every connection (both ports) opens with a PROXY header; None: none does
+    proxy: ProxySettings | None = None
 
 
 class Sessions:
@@ -106,6 +117,8 @@ class Sessions:
         self.on_close: Callable[[int], None] | None = None
         #: the MUD settings and live figures every session of this server reads
         self.mud = MudServer(opts.mud, lambda: len(self.live))
+        #: made here, in the process that serves: its lines name this pid
+        self.access = AccessLog() if opts.access_log else None
 
     def new(self, *, tls: bool = False) -> BaseServer:
         """A protocol instance for a connection being served, registered as live.
@@ -130,7 +143,8 @@ class Sessions:
         protocol.counters = self.counters
         protocol.mud = self.mud
         self.accepted += 1
-        self.live[protocol] = self.accepted
+        self.live[protocol] = protocol.session_id = self.accepted
+        protocol.access = self.access
         protocol._waiter_closed.add_done_callback(self._closed)
         return protocol
 
@@ -141,6 +155,7 @@ class Sessions:
         protocol = waiter.result()
         session_id = self.live.pop(protocol, None)
         self.counters["sessions_ended"] += 1
+        count_closed(self.counters, protocol)  # before on_close: see shardd/metrics.py
         if self._ended is not None:
             self._ended(protocol)
         if session_id is not None and self.on_close is not None:
@@ -157,16 +172,18 @@ class Sessions:
                 except (UnicodeEncodeError, RuntimeError):
                     pass
 
-    def close_all(self, sessions: Iterable[BaseServer] = ()) -> None:
-        """Close every session's connection (or those of ``sessions``); a closing
-        transport still sends what it holds."""
+    def close_all(self, sessions: Iterable[BaseServer] = (), *, reason: str) -> None:
+        """Close every session's connection (or those of ``sessions``), saying why
+        (``workers.access_log``); a closing transport still sends what it holds."""
         for protocol in list(sessions or self.live):
+            protocol.record_close_reason(reason)
             if protocol._transport is not None:
                 protocol.flush_output()  # the goodbye written in this loop turn
                 protocol._transport.close()
 
-    def abort_all(self) -> None:
+    def abort_all(self, *, reason: str) -> None:
         for protocol in list(self.live):
+            protocol.record_close_reason(reason)
             if protocol._transport is not None:
                 protocol._transport.abort()
 
@@ -245,6 +262,10 @@ class Server:
             self, counts or PeerTable(1).writer(0), settings.admission
         )
         self.stages: list[Stage] = []
+        #: stages before admission: they say who the client is
+        self.preludes: list[Stage] = []
+        if settings.proxy is not None:
+            self.preludes.append(ProxyHeaderStage(settings.proxy))
         #: connections not served, by reason
         self.refused: Counter[str] = Counter()
         #: connections admitted and still in their stages (no session yet)
@@ -263,7 +284,7 @@ class Server:
             self.release(protocol.peer_host)
 
     def _new_connection(self) -> asyncio.Protocol:
-        if self.admit is None and not self.stages:
+        if self.admit is None and not self.stages and not self.preludes:
             return self.sessions.new()
         return Arrival(self)
 
@@ -359,7 +380,7 @@ class Server:
                     self.sessions.counters["idle_timeout"] += 1
                     log.debug("%s: idle for %.0fs, closing", protocol.peer, protocol.idle)
                     self.sessions.say_goodbye(IDLE_GOODBYE, [protocol])
-                    self.sessions.close_all([protocol])
+                    self.sessions.close_all([protocol], reason=access_log.IDLE_TIMEOUT)
 
     def release(self, host: str) -> None:
         """An admitted connection from ``host`` has ended: the admission check may uncount it."""
@@ -401,8 +422,9 @@ class Server:
             and not (self._escalated is not None and self._escalated.done())
         )
 
-    async def _drain(self) -> StopMode:
-        """Wait for the sessions to end; "drain" if they did, else how to end the rest."""
+    async def _drain(self) -> tuple[StopMode, bool]:
+        """Wait for the sessions to end; "drain" if they did, else how to end the
+        rest, and whether it is the drain timeout that ended them."""
         loop = asyncio.get_running_loop()
         escalated: asyncio.Future[StopMode] = loop.create_future()
         self._escalated = escalated
@@ -412,28 +434,36 @@ class Server:
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if escalated.done():
             emptied.cancel()
-            return escalated.result()
+            return escalated.result(), False
         if emptied.result():
-            return "drain"
+            return "drain", False
         log.info(
-            "drain timeout (%gs) passed: closing %d sessions", timeout, len(self.sessions.live)
+            "drain timeout (%gs) passed: closing %s",
+            timeout,
+            count(len(self.sessions.live), "session"),
         )
-        return "stop"
+        return "stop", True
 
     async def _wind_down(self, mode: StopMode) -> None:
         sessions = self.sessions
+        timed_out = False
         if mode == "drain":
             # an old worker after a reload: sessions end on their own time,
             # unless the drain timeout passes or a stop comes first
-            mode = await self._drain()
+            mode, timed_out = await self._drain()
             if mode == "drain":
                 return
         if mode == "stop":
             sessions.say_goodbye()
-            sessions.close_all()
+            sessions.close_all(
+                reason=access_log.DRAIN_TIMEOUT if timed_out else access_log.SERVER_STOPPING
+            )
             await sessions.wait_empty(self.graceful_timeout)
         else:
-            sessions.abort_all()
+            sessions.abort_all(reason=access_log.SERVER_QUITTING)
+            # the transports report their loss in the next turn: let them, so
+            # that every session's close line is written before the process ends
+            await asyncio.sleep(0)
 
 
 def run_single_process(

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from workers.access_log import SHELL_ENDED
 from workers.telnet import gmcp, msdp
 from workers.telnet.engine import escape
 from workers.telnet.telopt import (
@@ -305,6 +306,7 @@ class TelnetWriter:
 
     def close(self) -> None:
         """Close the session once what was written has been sent."""
+        self._protocol.record_close_reason(SHELL_ENDED)
         self._protocol.flush_output()
         self._transport.close()
 
