@@ -41,10 +41,18 @@ from workers.tls import TlsListener
 log = logging.getLogger("shardd")
 
 #: besides what a supervisor's reload keeps too (reloading.RESTART_ONLY): what
-#: every session of the process reads from one table built at start (the MUD
-#: options offered and MSSP's variables); a supervisor's new workers build
-#: theirs afresh, one process cannot
-SINGLE_RESTART_ONLY = ("offer", "compression", "mssp")
+#: the process's Server built once at start, where a supervisor's new workers
+#: build theirs afresh: the MUD options offered and MSSP's variables (one
+#: table every session reads), the PROXY header stage and the access log
+SINGLE_RESTART_ONLY = (
+    "offer",
+    "compression",
+    "mssp",
+    "proxy_protocol",
+    "trusted_proxies",
+    "proxy_header_timeout",
+    "access_log",
+)
 
 
 class ReloadError(RuntimeError):
