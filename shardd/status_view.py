@@ -105,10 +105,7 @@ def _events(counts: dict[str, Any]) -> str:
     proxy = counts.get("proxy_header_failures") or {}
     if proxy:
         reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(proxy.items()))
-        parts.append(
-            f"{count(sum(proxy.values()), 'connection')} closed before a valid PROXY header "
-            f"({reasons})"
-        )
+        parts.append(f"{sum(proxy.values())} closed before a valid PROXY header ({reasons})")
     if counts.get("shell_errors"):
         parts.append(count(counts["shell_errors"], "shell error"))
     if counts.get("gmcp_dropped"):
