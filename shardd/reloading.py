@@ -31,6 +31,7 @@ RESTART_ONLY = (
     "tls_port",
     "workers",
     "backlog",
+    "share_port",
     "user",
     "group",
     "control",
