@@ -27,13 +27,11 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
 dpkg-query -W -f='${Status}' inetutils-telnet 2>/dev/null | grep -q 'install ok installed' \
     || missing="$missing inetutils-telnet"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
+    for pkg in netcat-openbsd iproute2 openssl haproxy prometheus \
         tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done
-    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' \
-        || missing="$missing prometheus"
 fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
