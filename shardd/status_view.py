@@ -116,6 +116,26 @@ def _events(counts: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _bus_lines(sup: dict[str, Any], workers: list[dict[str, Any]]) -> list[str]:
+    """The message bus: each worker's messages, then the supervisor's relay."""
+    relay = sup.get("bus_relay")
+    if relay is None:
+        return []
+    lines = ["", f"message bus ({relay['backend']}):"]
+    for w in workers:
+        b = w.get("bus") or {}
+        lines.append(
+            f"  shard {w['shard']} (pid {w['pid']}): {b.get('out', 0)} out, {b.get('in', 0)} in, "
+            f"{b.get('delivered', 0)} delivered, {b.get('dropped', 0)} dropped, "
+            f"{b.get('subscriptions', 0)} subscriptions"
+        )
+    lines.append(
+        f"  relay: {relay['channels']} channels, {relay['subscriptions']} worker subscriptions, "
+        f"{relay['relayed']} frames relayed, {relay['dropped']} dropped (worker behind)"
+    )
+    return lines
+
+
 def render(status: dict[str, Any]) -> str:
     sup = status["supervisor"]
     workers = status["workers"]
@@ -165,6 +185,7 @@ def render(status: dict[str, Any]) -> str:
     happened = _events(sup)
     if happened:
         lines += ["", f"since the start: {happened}"]
+    lines += _bus_lines(sup, workers)
     lines.append("")
     if not sessions:
         lines.append("no sessions")
