@@ -179,10 +179,58 @@ async def test_sessions_leave_nothing_in_the_hub() -> None:
 # ------------------------------------------------------------ across workers
 
 
-def _status(server: ServerProcess) -> dict[str, Any]:
-    done = run_shardd("status", "--json", "--port", str(server.port))
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout))
+def _shards(server: ServerProcess, players: list[Player]) -> list[int]:
+    """Each player's shard, as ``status`` lists its session (by its address)."""
+    peers = [":".join(map(str, p.sock.getsockname()[:2])) for p in players]
+
+    def listed() -> dict[str, int] | None:
+        done = run_shardd("status", "--json", "--port", str(server.port))
+        assert done.returncode == 0, done.stderr
+        rows = {row["peer"]: row["shard"] for row in json.loads(done.stdout)["connections"]}
+        return rows if set(peers) <= set(rows) else None
+
+    rows = wait_until(listed, 20, "every player in status")
+    assert isinstance(rows, dict)
+    return [rows[peer] for peer in peers]
 
 
-__all__ = ["_status", "wait_until"]
+def test_players_on_two_shards_talk(serve: Callable[..., ServerProcess], players: Any) -> None:
+    server = serve(*ARGS, "--workers", "2")
+    # the kernel spreads connections over the shards' sockets: connect until
+    # status shows one on each
+    arrived: list[Player] = []
+    while len(set(_shards(server, arrived))) < 2:
+        assert len(arrived) < 40, "40 connections, all on one shard"
+        arrived.append(players(server.port))
+    shards = _shards(server, arrived)
+    alice = arrived[shards.index(0)]
+    bob = arrived[shards.index(1)]
+    alice.wait_prompt("What is your name? ")
+    alice.send("Alice")
+    alice.expect("Welcome, Alice!")
+    bob.wait_prompt("What is your name? ")
+    bob.send("ALICE")  # taken, on the other shard
+    bob.expect("The name ALICE is taken.")
+    bob.wait_prompt("What is your name? ")
+    bob.send("Bob")
+    bob.expect("Welcome, Bob!")
+    alice.expect("Bob joins lobby.")
+
+    bob.send("who")
+    assert re.fullmatch(r"  Alice +shard 0", bob.expect("  Alice"))
+    assert re.fullmatch(r"  Bob +shard 1 \(you\)", bob.expect("  Bob"))
+
+    alice.command("say across", "You say: across")
+    bob.expect("[lobby] Alice says: across")
+    bob.command("tell Alice hush", "You tell Alice: hush")
+    alice.expect("Bob tells you: hush")
+    alice.command("join far", "You are in room far.")
+    bob.expect("Alice leaves lobby.")
+    bob.command("shout everywhere", "You shout: everywhere")
+    alice.expect("Bob shouts: everywhere")
+    bob.command("join far", "You are in room far.")
+    alice.expect("Bob joins far.")
+    bob.command("quit", "Goodbye.")
+    alice.expect("Bob leaves far.")
+    assert bob.closed()
+    players(server.port, "bob")  # free again, once Bob has gone
