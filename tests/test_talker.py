@@ -23,6 +23,7 @@ from workers.serving import Server, ServerSettings, SessionOptions
 from workers.talker import BURST, MAX_TEXT, talker
 
 ARGS = ("--shell", "talker", "--connect-maxwait", "0.3")
+ALARMING = re.compile(r"WARNING|ERROR|CRITICAL|Traceback", re.IGNORECASE)
 
 
 @pytest.fixture
@@ -105,6 +106,7 @@ def test_tell_who_shout_and_quit(talk: ServerProcess, players: Any) -> None:
     carol.close()  # a player's who just goes away without quit: the room hears it
     players(talk.port, "Alice").command("join attic", "You are in room attic.")
     bob.expect("Alice joins attic.")
+    assert not ALARMING.search(talk.log_text()), talk.log_text()
 
 
 def test_bounds_rate_length_and_control_characters(talk: ServerProcess, players: Any) -> None:
@@ -183,15 +185,18 @@ def _shards(server: ServerProcess, players: list[Player]) -> list[int]:
     """Each player's shard, as ``status`` lists its session (by its address)."""
     peers = [":".join(map(str, p.sock.getsockname()[:2])) for p in players]
 
-    def listed() -> dict[str, int] | None:
+    found: list[list[int]] = []
+
+    def listed() -> bool:
         done = run_shardd("status", "--json", "--port", str(server.port))
         assert done.returncode == 0, done.stderr
         rows = {row["peer"]: row["shard"] for row in json.loads(done.stdout)["connections"]}
-        return rows if set(peers) <= set(rows) else None
+        if set(peers) <= set(rows):
+            found.append([rows[peer] for peer in peers])
+        return bool(found)
 
-    rows = wait_until(listed, 20, "every player in status")
-    assert isinstance(rows, dict)
-    return [rows[peer] for peer in peers]
+    wait_until(listed, 20, "every player in status")
+    return found[-1]
 
 
 def test_players_on_two_shards_talk(serve: Callable[..., ServerProcess], players: Any) -> None:
@@ -234,3 +239,4 @@ def test_players_on_two_shards_talk(serve: Callable[..., ServerProcess], players
     alice.expect("Bob leaves far.")
     assert bob.closed()
     players(server.port, "bob")  # free again, once Bob has gone
+    assert not ALARMING.search(server.log_text()), server.log_text()
