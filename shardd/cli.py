@@ -54,7 +54,8 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     ),
     "shell": (
         "SHELL",
-        "echo, welcome, or module:callable, an async shell(reader, writer) (default welcome)",
+        "echo, welcome, talker, or module:callable, an async shell(reader, writer)"
+        " (default welcome)",
     ),
     "protocol": (
         "MODULE:CLASS",
