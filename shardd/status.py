@@ -132,15 +132,22 @@ CONNECTION_FIELDS = (
 
 
 def _connections(handle: WorkerHandle, now: float) -> list[list[Any]]:
-    """One worker's sessions as CONNECTION_FIELDS rows.
+    """One worker's sessions as CONNECTION_FIELDS rows."""
+    return session_rows(handle.shard, handle.pid, handle.sessions, now)
+
+
+def session_rows(
+    shard: int, pid: int, sessions: Mapping[int, list[Any]], now: float
+) -> list[list[Any]]:
+    """One process's sessions (id -> [peer, connected_at, entry or None]) as
+    CONNECTION_FIELDS rows: a worker's as reported, or a single process's own.
 
     The hot part of a status request at 100 000 sessions: one list per
     session, built from the entry as reported, without a map in between.
     """
-    shard, pid = handle.shard, handle.pid
     rows: list[list[Any]] = []
     append = rows.append
-    for session_id, (peer, connected_at, entry) in handle.sessions.items():
+    for session_id, (peer, connected_at, entry) in sessions.items():
         if entry is None:  # announced, not yet reported
             entry = _negotiating(session_id, connected_at)
         (

@@ -71,10 +71,23 @@ def test_bad_value_is_one_line_and_exit_2(args: list[str], words: list[str]) -> 
     assert result.stdout == ""
 
 
-def test_no_command_is_a_usage_error() -> None:
+def test_no_command_prints_the_help_on_stderr_and_exits_2() -> None:
+    """Like git and gunicorn: the commands there are, as a usage error (status 2)."""
     result = run_shardd()
     assert result.returncode == 2, result
-    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stdout == "", result
+    assert result.stderr.startswith("usage: shardd"), result.stderr
+    for command in ("serve", "status", "reload", "stop", "workers", "loadtest", "bench"):
+        assert command in result.stderr, command
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    result = run_shardd("--version")
+    assert result.returncode == 0, result
+    assert result.stdout == f"shardd {version('shardd')}\n", result
+    assert result.stderr == ""
 
 
 def test_port_in_use_is_one_line_and_nonzero() -> None:

@@ -140,7 +140,7 @@ def test_reload_imports_the_changed_shell_and_old_sessions_keep_theirs(
         assert result.returncode == 0, result
         assert result.stdout == (
             "shardd: reloaded: 2 shards serving new workers; "
-            "1 sessions stay on old workers until they end or 86400 s\n"
+            "1 session stays on old workers until they end or 86400 s\n"
         ), result
         new = serving(server, 2, not_pids=set(old.values()))
 

@@ -37,7 +37,7 @@ from shardd import control
 
 HOST = "127.0.0.1"
 IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes a session gets
-WORKER_TITLE = "shardd: worker shard {}"
+WORKER_TITLE = "shardd: worker shard {} 127.0.0.1:{}"
 
 
 # ------------------------------------------------------------------ helpers
@@ -697,7 +697,7 @@ def test_ttin_adds_a_shard_and_ttou_removes_one(serve: Any) -> None:
     three = {w["shard"]: w["pid"] for w in grown["workers"]}
     assert {s: three[s] for s in before} == before  # the old shards were left alone
     for shard, pid in three.items():
-        assert _title(pid) == WORKER_TITLE.format(shard), (shard, pid, _title(pid))
+        assert _title(pid) == WORKER_TITLE.format(shard, server.port), (shard, pid, _title(pid))
         assert psutil.Process(pid).ppid() == server.proc.pid
     until_worker_accepts(server, 2, three[2])
 

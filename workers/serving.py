@@ -42,6 +42,7 @@ from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
+from workers.plural import count
 from workers.proxy_stage import ProxyHeaderStage, ProxySettings
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
@@ -284,6 +285,7 @@ class Server:
         self.arriving = 0
         self._listeners: list[asyncio.AbstractServer] = []
         self._stop_mode: asyncio.Future[StopMode] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         #: how long a drain lets sessions go on (the supervisor sends its
         #: reload timeout with ``drain``); 0: until they end
         self.drain_timeout = settings.graceful_timeout
@@ -331,11 +333,10 @@ class Server:
                     )
                 )
             channel.serving()
-            idle = self._close_idle() if self.settings.idle_timeout else None
-            sweeper = loop.create_task(idle) if idle is not None else None
+            self._start_sweeper()
             mode = await self._stop_mode
-            if sweeper is not None:
-                sweeper.cancel()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             # closes only this process's copy of the sockets: a supervisor keeps its own
             for listener in self._listeners:
                 listener.close()
@@ -348,6 +349,37 @@ class Server:
             gc_policy.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = None
+        if self.settings.idle_timeout:
+            self._sweeper = asyncio.get_running_loop().create_task(self._close_idle())
+
+    def reconfigure(
+        self,
+        opts: SessionOptions,
+        settings: ServerSettings,
+        tls: TlsListener | None = None,
+    ) -> None:
+        """Serve with new settings from now on, without a restart (a single
+        process's reload): sessions opened from now on are built with ``opts``
+        (existing ones keep what they were built with); the admission limits,
+        the idle and graceful timeouts of ``settings`` apply at once; ``tls``:
+        the certificate and handshake timeout for handshakes from now on (its
+        socket must be the one served). Backlog and the garbage collector's
+        management stay as they were."""
+        self.sessions.opts = opts
+        self.settings = settings
+        self.graceful_timeout = settings.graceful_timeout
+        if isinstance(self.admit, Admission):
+            self.admit.limits = settings.admission
+        if tls is not None and self.tls is not None:
+            self.tls = tls
+            self._handshake = Handshake(tls.context, tls.handshake_timeout)
+        if self.listening:
+            self._start_sweeper()
 
     @property
     def bus(self) -> BusHub:
@@ -438,7 +470,9 @@ class Server:
         if emptied.result():
             return "drain", False
         log.info(
-            "drain timeout (%gs) passed: closing %d sessions", timeout, len(self.sessions.live)
+            "drain timeout (%gs) passed: closing %s",
+            timeout,
+            count(len(self.sessions.live), "session"),
         )
         return "stop", True
 
