@@ -4,6 +4,7 @@ processes ("hosts" a and b, two workers each) on one machine."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,6 +201,45 @@ def test_one_publisher_order_across_hosts(
     expected = [(b0.id, n) for n in range(1000)]
     assert a0.messages("numbers", 1000) == expected
     assert a1.messages("numbers", 1000) == expected
+    client.close()
+
+
+def test_a_worker_killed_mid_stream(
+    serve: Callable[..., ServerProcess], redis_server: RedisServer, peers: list[BusPeer]
+) -> None:
+    """The other shard goes on receiving in order; the dead worker's channels
+    and who entries leave Redis; its replacement links and is listed."""
+    env = {WHO_TTL_ENV: "1"}
+    host_a = start_host(serve, redis_server, "a", env=env)
+    host_b = start_host(serve, redis_server, "b", workers=1, env=env)
+    a0, a1 = open_peers(host_a, peers, 2)
+    (b0,) = open_peers(host_b, peers, 1)
+    client = redis.Redis(port=redis_server.port)
+    a0.command("sub numbers")
+    a1.command("sub numbers")
+    wait_until(lambda: subscribers(client, "numbers") == 2, what="a's shards subscribed")
+    b0.send("pubn numbers 2000")
+    a1.expect("MSG numbers ")  # the stream is flowing
+    os.kill(a1.pid, signal.SIGKILL)
+    assert a0.messages("numbers", 2000) == [(b0.id, n) for n in range(2000)]
+    b0.expect("OK pubn")
+    assert a1.closed()
+
+    # Redis closed the dead worker's connections: its subscription went with them
+    wait_until(lambda: subscribers(client, "numbers") == 1, what="the dead worker unsubscribed")
+    host_a.wait_for_log(rf"shard {a1.shard}: worker (?!{a1.pid})\d+ started")
+    wait_until(
+        lambda: host_a.log_text().count("linked (worker a/") >= 3, what="the replacement linked"
+    )
+    newcomers = open_peers(host_a, peers, 2)
+    (fresh,) = [peer for peer in newcomers if peer.shard == a1.shard]
+    assert fresh.pid != a1.pid
+    live = {a0.id, b0.id} | {peer.id for peer in newcomers}
+    wait_until(
+        lambda: {entry[0] for entry in who(b0)} == live,
+        what="who() without the dead worker's session, with the new one",
+    )
+    assert host_a.proc.poll() is None
     client.close()
 
 
