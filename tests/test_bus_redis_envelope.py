@@ -72,6 +72,7 @@ def test_shapes_that_are_refused() -> None:
         return bytes(msgpack.packb(list(fields), use_bin_type=True))
 
     assert unpack_envelope(packed("a/1", "x", "ch", None, b"")) is None  # unknown kind
+    assert unpack_envelope(packed("a/1", [], "ch", None, b"")) is None  # a kind not hashable
     assert unpack_envelope(packed("a/1", DIRECT, "a/1.1", None, "text")) is None  # str payload
     assert unpack_envelope(packed("a/1", CLOSE, "a/1.1", None, b"bytes")) is None
     assert unpack_envelope(packed("", PUBLICATION, "ch", None, b"")) is None  # no origin

@@ -96,10 +96,13 @@ def unpack_envelope(data: bytes) -> Envelope | None:
         return None
     if not isinstance(value, list) or len(value) != 5:
         return None
-    origin, kind, target, sender, body = value
+    return _checked(*value)
+
+
+def _checked(origin: Any, kind: Any, target: Any, sender: Any, body: Any) -> Envelope | None:
     if not (isinstance(origin, str) and 0 < len(origin) <= MAX_ID):
         return None
-    if kind not in _KINDS or not isinstance(target, str):
+    if not isinstance(kind, str) or kind not in _KINDS or not isinstance(target, str):
         return None
     if sender is not None and not (isinstance(sender, str) and len(sender) <= MAX_ID):
         return None
