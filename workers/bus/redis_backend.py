@@ -87,8 +87,8 @@ BACKOFF_MAX = 5.0
 #: a command (or a batch of them) that takes longer means Redis is unreachable
 COMMAND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
-#: connections for commands (the writer, who hashes, who())
-COMMAND_CONNECTIONS = 8
+#: connections a worker reads who() on (it sends on one more, and listens on one)
+READ_CONNECTIONS = 4
 #: messages waiting to be sent to Redis, and their bytes, before drops
 OUTBOX_LIMIT = 10_000
 OUTBOX_BYTES = 16 * 1024 * 1024
@@ -244,18 +244,25 @@ class RedisBackend:
             # retries would block a publisher for seconds while Redis is down
             "retry": Retry(NoBackoff(), 0),
         }
-        # a blocking pool: shells calling who() at once wait for a connection
-        # (at most COMMAND_TIMEOUT) instead of failing as if Redis were down
+        # one connection sends everything (publications in order, the who
+        # hash); who() reads on others, so that readers never delay a sender
+        self._commands: Any = self._client(1, common)
+        self._readers: Any = self._client(READ_CONNECTIONS, common)
+        self._who_read: asyncio.Future[list[SessionInfo]] | None = None
+        # the pub/sub connection waits for messages as long as it takes
+        self._listener: Any = redis.Redis.from_url(address.url, socket_timeout=None, **common)
+
+    def _client(self, connections: int, common: dict[str, Any]) -> Any:
+        # a blocking pool: a caller waits for a free connection (at most
+        # COMMAND_TIMEOUT) instead of failing as if Redis were down
         pool = redis.BlockingConnectionPool.from_url(
-            address.url,
-            max_connections=COMMAND_CONNECTIONS,
+            self.address.url,
+            max_connections=connections,
             timeout=COMMAND_TIMEOUT,
             socket_timeout=COMMAND_TIMEOUT,
             **common,
         )
-        self._commands: Any = redis.Redis(connection_pool=pool)
-        # the pub/sub connection waits for messages as long as it takes
-        self._listener: Any = redis.Redis.from_url(address.url, socket_timeout=None, **common)
+        return redis.Redis(connection_pool=pool)
 
     # -- Backend -----------------------------------------------------------
 
@@ -286,15 +293,28 @@ class RedisBackend:
         return await self._to_session(session_id, CLOSE, None, message)
 
     async def who(self) -> list[SessionInfo]:
-        """Every other worker's sessions, as their who hashes list them now;
-        nothing while Redis is unreachable."""
+        """Every other worker's sessions, as their who hashes list them;
+        nothing while Redis is unreachable or does not answer in time.
+
+        Callers while a read is under way share it (one read however many
+        shells ask at once: a talker's login storm asks twice a player)."""
         if not self._link.up:
             return []
+        if self._who_read is None:
+            self._who_read = asyncio.ensure_future(self._read_who_once())
+        # shielded: one caller cancelled does not cancel the others' read
+        return await asyncio.shield(self._who_read)
+
+    async def _read_who_once(self) -> list[SessionInfo]:
         try:
             return await _within(COMMAND_TIMEOUT * 2, self._read_who())
-        except _errors as exc:
-            self._went_down(exc)
+        except _errors:
+            # not an outage by itself (the link and the writer judge that):
+            # a slow answer, or every reading connection busy
+            log.debug("bus: who() from redis failed", exc_info=True)
             return []
+        finally:
+            self._who_read = None
 
     async def close(self) -> None:
         self._closing = True
@@ -310,7 +330,9 @@ class RedisBackend:
             with contextlib.suppress(*_errors):
                 await _within(1.0, self._commands.delete(self._who_key))
         await self._drop_pubsub()
-        for client in (self._commands, self._listener):
+        if self._who_read is not None:
+            self._who_read.cancel()
+        for client in (self._commands, self._readers, self._listener):
             with contextlib.suppress(*_errors):
                 await client.aclose()
 
@@ -630,7 +652,7 @@ class RedisBackend:
     async def _read_who(self) -> list[SessionInfo]:
         keys: list[bytes] = []
         own = self._who_key.encode()
-        async for key in self._commands.scan_iter(match=WHO_PREFIX + "*", count=1000):
+        async for key in self._readers.scan_iter(match=WHO_PREFIX + "*", count=1000):
             if key != own:
                 keys.append(key)
             if len(keys) >= MAX_WHO_WORKERS:
@@ -638,7 +660,7 @@ class RedisBackend:
         found: list[SessionInfo] = []
         for start in range(0, len(keys), 100):
             chunk = keys[start : start + 100]
-            pipe = self._commands.pipeline(transaction=False)
+            pipe = self._readers.pipeline(transaction=False)
             for key in chunk:
                 pipe.hgetall(key)
             for key, entries in zip(chunk, await pipe.execute(), strict=True):
