@@ -9,7 +9,6 @@ loop a bound; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import json
@@ -17,26 +16,25 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 from conftest import (
     CONNECTION_FIELDS,
+    IAC_DO_TTYPE,
     WORKER_FIELDS,
     ServerProcess,
     async_wait_until,
     run_shardd,
     wait_until,
 )
+from connect_loops import ATTEMPT_ERRORS, attempt, attempt_loops, open_attempt
 
 from shardd import control
 
 HOST = "127.0.0.1"
-IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes a session gets
 WORKER_TITLE = "shardd: worker shard {} 127.0.0.1:{}"
 
 
@@ -83,74 +81,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def open_attempt(port: int, timeout: float = 5.0) -> socket.socket:
-    """Connect and receive the first bytes the server sends; the caller closes.
-
-    Raises OSError (refused, reset, timed out, EOF) or ValueError (wrong bytes).
-    """
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    try:
-        deadline = time.monotonic() + timeout
-        data = b""
-        while len(data) < len(IAC_DO_TTYPE):
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(len(IAC_DO_TTYPE) - len(data))
-            if not chunk:
-                raise ConnectionError("connection closed before the first bytes")
-            data += chunk
-        if data != IAC_DO_TTYPE:
-            raise ValueError(f"first bytes {data!r}, expected {IAC_DO_TTYPE!r}")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def attempt(port: int) -> None:
-    open_attempt(port).close()
-
-
-ATTEMPT_ERRORS = (OSError, ValueError)
-
-
-class AttemptLoop(threading.Thread):
-    """Sequential attempts (connect, first bytes, close) until stopped or bounded."""
-
-    def __init__(self, port: int, limit: int = 20_000) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.failures: list[str] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set() and self.ok + len(self.failures) < self.limit:
-            try:
-                attempt(self.port)
-            except ATTEMPT_ERRORS as exc:
-                self.failures.append(repr(exc))
-            else:
-                self.ok += 1
-
-    def finish(self) -> None:
-        self.stopping.set()
-        self.join(10)
-        assert not self.is_alive(), "attempt loop did not stop"
-
-
-@contextlib.contextmanager
-def attempt_loops(port: int, count: int) -> Iterator[list[AttemptLoop]]:
-    loops = [AttemptLoop(port) for _ in range(count)]
-    for loop in loops:
-        loop.start()
-    try:
-        yield loops
-    finally:
-        for loop in loops:
-            loop.finish()
 
 
 def served_by(sock: socket.socket, candidates: list[psutil.Process]) -> int | None:
