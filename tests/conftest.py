@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,3 +284,17 @@ async def harness() -> AsyncIterator[Any]:
     h = Harness()
     yield h
     await h.aclose()
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps yet counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def peer_of(sock: socket.socket) -> str:
+    """How the server names this client: host:port."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"

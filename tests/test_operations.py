@@ -42,6 +42,7 @@ from conftest import (
     WORKER_FIELDS,
     ServerProcess,
     connect,
+    peer_of,
     read_until,
     run_shardd,
     start_session,
@@ -216,12 +217,6 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 # ----------------------------------------------------------------- sessions
-
-
-def peer_of(sock: socket.socket) -> str:
-    """How the server names this client: host:port."""
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 def shows(text: str, peer: str) -> bool:

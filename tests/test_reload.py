@@ -13,9 +13,10 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import psutil
 from conftest import (
     ServerProcess,
+    gone,
+    peer_of,
     read_to_eof,
     read_until,
     run_shardd,
@@ -63,21 +64,9 @@ def serving(
     return found
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def say(sock: socket.socket, text: str, expect: str) -> None:
     sock.sendall(text.encode() + b"\r\n")
     read_until(sock, expect.encode(), bytearray())
-
-
-def peer_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 def reload(server: ServerProcess) -> Any:
@@ -239,15 +228,17 @@ def test_two_reloads_keep_every_session_and_refuse_no_connection(serve: Any) -> 
             wait_until(lambda: all(loop.ok >= 20 for loop in loops), 20, "the loops to run")
             result = reload(server)
             assert result.returncode == 0, result
-            # and perhaps a loop's connection, counted as the old worker stopped accepting
+            # and perhaps a few of the loops' connections: a loop closes its
+            # connection and opens the next at once, and the old worker counts
+            # the closed one until it has read its FIN
             kept = re.search(r"; (\d+) sessions stay on old workers", result.stdout)
-            assert kept and 40 <= int(kept[1]) <= 42, result
+            assert kept and 40 <= int(kept[1]) <= 50, result
             second = serving(server, 2, not_pids=set(first.values()))
             # a second generation while the first still drains: three per shard
             result = reload(server)
             assert result.returncode == 0, result
             kept = re.search(r"; (\d+) sessions stay on old workers", result.stdout)
-            assert kept and 40 <= int(kept[1]) <= 42, result
+            assert kept and 40 <= int(kept[1]) <= 50, result
             serving(server, 2, not_pids={*first.values(), *second.values()})
             at_reload = [loop.ok for loop in loops]
             wait_until(

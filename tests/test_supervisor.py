@@ -27,6 +27,9 @@ from conftest import (
     WORKER_FIELDS,
     ServerProcess,
     async_wait_until,
+    gone,
+    peer_of,
+    read_to_eof,
     run_shardd,
     wait_until,
 )
@@ -75,14 +78,6 @@ def all_serving(server: ServerProcess, count: int) -> dict[str, Any] | None:
     return None
 
 
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie nobody reaps yet counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def served_by(sock: socket.socket, candidates: list[psutil.Process]) -> int | None:
     """Which of ``candidates`` holds the server side of the client socket ``sock``."""
     local = sock.getsockname()[:2]
@@ -123,24 +118,6 @@ def recv_until(sock: socket.socket, token: bytes, timeout: float = 5.0) -> bytes
     return data
 
 
-def recv_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Everything until the server closes; a reset counts as the end too."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no EOF within {timeout}s; got {data!r}")
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 def echo_round_trip(sock: socket.socket, token: bytes) -> None:
     sock.sendall(token)
     recv_until(sock, token)
@@ -156,11 +133,6 @@ def open_sessions(port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
-
-
-def peer_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 # ------------------------------------------------ 1. sessions and statistics
@@ -443,7 +415,7 @@ def test_sigterm_says_goodbye_and_exits_0(serve: Any) -> None:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for n, sock in enumerate(sessions):
-            text = recv_to_eof(sock, graceful + 5)
+            text = read_to_eof(sock, timeout=graceful + 5)
             assert b"shutting down" in text, (n, text[-200:])
         code = server.proc.wait(graceful + 5)
         elapsed = time.monotonic() - started
@@ -656,7 +628,7 @@ def test_sigquit_stops_fast(serve: Any) -> None:
         code = server.proc.wait(10)
         elapsed = time.monotonic() - started
         for sock in sessions:
-            recv_to_eof(sock, 5)  # dropped, not kept open
+            read_to_eof(sock, timeout=5)  # dropped, not kept open
     finally:
         for sock in sessions:
             sock.close()
