@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import connect, read_until, run_shardd
+from conftest import connect, read_to_eof, read_until, run_shardd, start_session
 
 IAC, WILL, DO, WONT, GA = 255, 251, 253, 252, 249
 ECHO, SGA = 1, 3
@@ -106,32 +106,6 @@ def test_port_in_use_is_one_line_and_nonzero() -> None:
 # --------------------------------------------------------- running servers
 
 
-def _read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> bytearray:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no EOF after {timeout}s; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return got
-        if not chunk:
-            return got
-        got += chunk
-
-
-def _start_session(port: int) -> tuple[socket.socket, bytearray]:
-    """Connect, refuse TTYPE (settling negotiation at once) and read to the prompt."""
-    sock = connect(port)
-    got = read_until(sock, IAC_DO_TTYPE, bytearray())
-    sock.sendall(bytes((IAC, WONT, TTYPE)))
-    read_until(sock, b"> ", got)
-    return sock, got
-
-
 def test_encoding_false_starts_with_bytes_echo_shell(serve) -> None:
     server = serve("--encoding", "false", "--shell", "echo")
     with connect(server.port) as sock:
@@ -149,7 +123,7 @@ def test_encoding_false_welcome_shell(serve) -> None:
     """The default shell in a bytes session: its banner says 'encoding binary'."""
     server = serve("--encoding", "false")
     try:
-        sock, got = _start_session(server.port)
+        sock, got = start_session(server.port)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nserver log:\n{server.log_text()}") from None
     with sock:
@@ -163,13 +137,13 @@ def test_encoding_false_welcome_shell(serve) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
     server = serve()
-    sock, got = _start_session(server.port)
+    sock, got = start_session(server.port)
     idle = connect(server.port)  # a second client, still negotiating
     with sock, idle:
         read_until(idle, IAC_DO_TTYPE, bytearray())
         assert server.stop(sig) == 0
-        _read_to_eof(sock, got)
-        idle_got = _read_to_eof(idle, bytearray())
+        read_to_eof(sock, got)
+        idle_got = read_to_eof(idle, bytearray())
     assert b"The server is shutting down. Goodbye.\r\n" in got, got
     assert b"shutting down" in idle_got, idle_got
     server.wait_for_log(r"INFO +\d+ shardd: stopped")
@@ -183,7 +157,7 @@ def test_sigterm_goodbye_in_bytes_session(serve) -> None:
         sock.sendall(bytes((IAC, WONT, TTYPE)) + b"ping")
         read_until(sock, b"ping", got)
         assert server.stop(signal.SIGTERM) == 0
-        _read_to_eof(sock, got)
+        read_to_eof(sock, got)
     assert b"shutting down" in got, got
 
 
