@@ -14,6 +14,7 @@
 #                              haproxy (the PROXY protocol and
 #                              deploy/haproxy.cfg tests) and prometheus
 #                              (promtool checks the --metrics exposition)
+#                              and redis-server (the --bus redis:// tests)
 # Meant for a fresh Debian machine, as root, with only python3 on it.
 set -eu
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ dpkg-query -W -f='${Status}' inetutils-telnet 2>/dev/null | grep -q 'install ok 
     || missing="$missing inetutils-telnet"
 if [ "$with_test" = 1 ]; then
     for pkg in netcat-openbsd iproute2 openssl haproxy prometheus \
-        tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
+        tintin++ tf5 busybox putty-tools telnet-ssl systemd redis-server; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done

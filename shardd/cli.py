@@ -147,6 +147,10 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "the message bus between sessions of every worker: local, through the supervisor "
         "(default), or Redis pub/sub, across hosts",
     ),
+    "bus_host": (
+        "NAME",
+        "this host's name on a Redis bus, part of every session id (default: the machine's name)",
+    ),
 }
 
 

@@ -109,6 +109,8 @@ class ServeConfig:
     metrics: str | None = None
     #: the message bus's backend: "local" (through the supervisor) or redis://HOST:PORT/DB
     bus: str = "local"
+    #: this host's name on the bus, part of session ids with Redis; None: the machine's name
+    bus_host: str | None = None
 
     def server_settings(self) -> ServerSettings:
         """What every worker's server is built with."""
@@ -127,6 +129,7 @@ class ServeConfig:
             if self.proxy_protocol
             else None,
             bus=self.bus,
+            bus_host=self.bus_host,
         )
 
     @classmethod
@@ -202,6 +205,8 @@ class ServeConfig:
         if self.metrics is not None:
             self.metrics = check_metrics(self.metrics)
         self.bus = check_bus(self.bus)
+        if self.bus_host is not None:
+            self.bus_host = check_bus_host(self.bus_host)
         if self.user is not None:
             try:
                 pwd.getpwnam(self.user)
@@ -334,10 +339,28 @@ def split_address(value: str, key: str = "metrics") -> tuple[str, int]:
 def check_bus(value: Any) -> str:
     """``local`` or a ``redis://`` URL (workers/bus/backends.py)."""
     from workers.bus.backends import valid_spec
+    from workers.bus.redis_url import is_redis_url, parse_redis_url
 
+    if isinstance(value, str) and is_redis_url(value):
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ConfigError("bus", str(exc)) from None
     if not isinstance(value, str) or not valid_spec(value):
         raise ConfigError("bus", f"must be local or a redis:// URL, not {value!r}")
     return value
+
+
+def check_bus_host(value: Any) -> str:
+    """``--bus-host``: a name for this host in session ids (workers/bus/redis_url.py)."""
+    from workers.bus.redis_url import check_host_id
+
+    try:
+        return check_host_id(check_str("bus-host", value))
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError("bus-host", str(exc)) from None
 
 
 def check_str(key: str, value: Any) -> str:

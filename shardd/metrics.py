@@ -284,6 +284,7 @@ _BUS_COUNTERS = (
     ("out", bus.OUT, "Bus messages the shard's sessions published or sent."),
     ("delivered", bus.DELIVERED, "Bus messages put in a subscriber's queue."),
     ("dropped", bus.DROPPED, "Bus messages dropped for a subscriber's full queue."),
+    ("lost", bus.LOST, "Bus messages lost: the backend (Redis) was unreachable."),
 )
 
 

@@ -252,6 +252,8 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
             "delivered": counters.get(bus.DELIVERED, 0),
             "dropped": counters.get(bus.DROPPED, 0),
             "undeliverable": counters.get(bus.UNDELIVERABLE, 0),
+            "lost": counters.get(bus.LOST, 0),
+            "outages": counters.get(bus.OUTAGES, 0),
             "subscriptions": counters.get(bus.SUBSCRIPTIONS, 0),
         },
         "gc": {

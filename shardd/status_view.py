@@ -128,7 +128,14 @@ def _bus_lines(sup: dict[str, Any], workers: list[dict[str, Any]]) -> list[str]:
             f"  shard {w['shard']} (pid {w['pid']}): {b.get('out', 0)} out, {b.get('in', 0)} in, "
             f"{b.get('delivered', 0)} delivered, {b.get('dropped', 0)} dropped, "
             f"{b.get('subscriptions', 0)} subscriptions"
+            + (
+                f", {b['lost']} lost in {b.get('outages', 0)} outages of redis"
+                if b.get("lost") or b.get("outages")
+                else ""
+            )
         )
+    if relay["backend"] != "local":
+        return lines  # the supervisor relays nothing: each worker talks to Redis
     lines.append(
         f"  relay: {relay['channels']} channels, {relay['subscriptions']} worker subscriptions, "
         f"{relay['relayed']} frames relayed, {relay['dropped']} dropped (worker behind)"

@@ -94,6 +94,8 @@ class ServerSettings:
     proxy: ProxySettings | None = None
     #: the message bus's backend: "local" or a redis:// URL (workers/bus/backends.py)
     bus: str = "local"
+    #: this host's name on the bus (``--bus-host``); None: the machine's name
+    bus_host: str | None = None
 
 
 class Sessions:
@@ -264,6 +266,8 @@ class Server:
         if tls is not None:
             self.sessions.mud.tls_port = tls.sock.getsockname()[1]
         self.settings = settings = settings or ServerSettings()
+        if settings.bus_host is not None:
+            self.sessions.bus.host = settings.bus_host
         self.backlog = settings.backlog
         self.graceful_timeout = settings.graceful_timeout
         #: the admission check and the stages every new connection goes through

@@ -19,16 +19,19 @@ if TYPE_CHECKING:
 
 LOCAL = "local"
 REDIS_SCHEME = "redis://"
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def backend_label(spec: str) -> str:
     """The backend's name for status and metrics (never the URL: it may hold a password)."""
-    return "redis" if spec.startswith(REDIS_SCHEME) else LOCAL
+    return "redis" if spec.startswith(REDIS_SCHEMES) else LOCAL
 
 
 def valid_spec(spec: str) -> bool:
     """Whether ``spec`` names a backend: ``local`` or a ``redis://`` URL."""
-    return spec == LOCAL or (spec.startswith(REDIS_SCHEME) and len(spec) > len(REDIS_SCHEME))
+    return spec == LOCAL or any(
+        spec.startswith(scheme) and len(spec) > len(scheme) for scheme in REDIS_SCHEMES
+    )
 
 
 def make_backend(spec: str, hub: BusHub, channel: SupervisorChannel | None) -> Backend | None:
@@ -38,7 +41,7 @@ def make_backend(spec: str, hub: BusHub, channel: SupervisorChannel | None) -> B
     mode (``--workers 0``). Sets ``hub.backend_name``; a backend that spans
     hosts may set ``hub.prefix`` too (before any session opens).
     """
-    if spec.startswith(REDIS_SCHEME):
+    if spec.startswith(REDIS_SCHEMES):
         from workers.bus import redis_backend  # type: ignore[attr-defined,unused-ignore]
 
         backend: Backend = redis_backend.make(spec, hub, channel)

@@ -50,6 +50,8 @@ OUT = "bus_out"  # messages this worker's sessions published or sent
 DELIVERED = "bus_delivered"  # messages put in a subscriber's queue
 DROPPED = "bus_dropped"  # messages dropped for a full queue
 UNDELIVERABLE = "bus_undeliverable"  # payloads from elsewhere that did not unpack
+LOST = "bus_lost"  # messages the backend could not carry (Redis unreachable)
+OUTAGES = "bus_outages"  # times the backend (Redis) became unreachable
 #: a gauge, not counted in ``counters`` (which only grow): live subscriptions
 SUBSCRIPTIONS = "bus_subscriptions"
 
@@ -196,6 +198,7 @@ class BusHub:
 
         handle = SessionHandle(self, f"{self.prefix}{protocol.session_id}", protocol)
         self.sessions[handle.id] = handle
+        self.session_changed(handle.id)
         return handle
 
     def closed(self, handle: SessionHandle) -> None:
@@ -203,7 +206,15 @@ class BusHub:
         for channel in list(handle.subscriptions):
             self.unsubscribe(handle, channel)
         handle.close_inbox()
-        self.sessions.pop(handle.id, None)
+        if self.sessions.pop(handle.id, None) is not None:
+            self.session_changed(handle.id)
+
+    def session_changed(self, session_id: str) -> None:
+        """A session opened, closed or was renamed: a backend that lists this
+        worker's sessions elsewhere (Redis's who hashes) hears of it."""
+        notify = getattr(self.backend, "session_changed", None)
+        if notify is not None:
+            notify(session_id)
 
     def local_sessions(self) -> list[SessionInfo]:
         return [handle.info() for handle in self.sessions.values()]

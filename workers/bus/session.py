@@ -42,6 +42,7 @@ class SessionHandle:
     @name.setter
     def name(self, value: str) -> None:
         self._name = check_name(value)
+        self.hub.session_changed(self.id)
 
     def subscribe(self, channel: str) -> Queue:
         self._check_open()
