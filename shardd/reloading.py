@@ -42,6 +42,7 @@ RESTART_ONLY = (
     # old and new workers drain side by side: on two backends they would be
     # two buses, and their players could not reach each other
     "bus",
+    "bus_host",  # part of every session id on the bus
 )
 
 #: how a reload's outcome is told to whoever asked (ok, the one line)
