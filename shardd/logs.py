@@ -99,7 +99,14 @@ class TextFormatter(logging.Formatter):
         return f"{self._local_second(record.created)},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        if record.exc_info or record.exc_text or record.stack_info:
+            line = super().format(record)
+        else:
+            # logging.Formatter.format for a line with no traceback, without its
+            # indirections (usesTime, formatMessage, the style object): the same text
+            record.message = record.getMessage()
+            record.asctime = self.formatTime(record)
+            line = _TEXT_FORMAT % record.__dict__
         if not self.colour or record.levelno < logging.WARNING:
             return line
         if record.levelno >= logging.ERROR:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pytest
@@ -35,11 +36,12 @@ from conftest import (
     wait_until,
 )
 
-from shardd.logs import JsonFormatter, TextFormatter
+from shardd.logs import _TEXT_FORMAT, JsonFormatter, TextFormatter
 from workers import access_log
 from workers.server_base import BaseServer
 from workers.telnet.telopt import DO, IAC, TTYPE, WONT
 
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 WORKER = re.compile(r"shard (\d+): worker (\d+) serving")
 OPEN = r"INFO +{pid} shardd\.access: session ({pid}\.\d+) open peer={peer} shard={shard}$"
@@ -379,3 +381,28 @@ def test_text_formatter_without_a_terminal_has_no_colour() -> None:
     record = logging.LogRecord("shardd.x", logging.ERROR, __file__, 1, "boom", (), None)
     line = TextFormatter(colour=False).format(record)
     assert "\x1b" not in line and re.search(r" ERROR    \d+ shardd\.x: boom$", line)
+
+
+def test_text_formatter_gives_logging_s_own_text() -> None:
+    """TextFormatter's own path is logging.Formatter.format's text, with and without a
+    traceback."""
+
+    def record(exc_info: ExcInfo | None = None) -> logging.LogRecord:
+        made = logging.LogRecord(
+            "shardd.x", logging.INFO, __file__, 7, "a %s of %d%%", ("line", 3), exc_info
+        )
+        made.created = 1_700_000_000.25
+        made.msecs = 250.0
+        return made
+
+    plain = logging.Formatter(_TEXT_FORMAT)
+    ours = TextFormatter(colour=False)
+    assert ours.format(record()) == plain.format(record())
+    assert ours.format(record()).endswith(" shardd.x: a line of 3%")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        info = sys.exc_info()
+    with_traceback = ours.format(record(info))
+    assert with_traceback == plain.format(record(info))
+    assert "ValueError: boom" in with_traceback

@@ -75,8 +75,25 @@ def show_peer(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+#: the text of the two lines; their arguments are the session, the peer and the shard,
+#: then (close) the duration, the bytes in and out, and the reason
+OPEN_LINE = "session %s open peer=%s shard=%s"
+CLOSE_LINE = 'session %s close peer=%s shard=%s duration=%.3fs in=%d out=%d reason="%s"'
+
+
 class AccessLog:
-    """Writes a server's access lines; one per worker process (it names the pid)."""
+    """Writes a server's access lines; one per worker process (it names the pid).
+
+    What names a session (its name, peer and shard) is worked out once, for
+    the open line, and kept on the protocol for the close line: both lines
+    name the session alike, and a close costs no second look-up (a peer's
+    address is a system call on uvloop's transports).
+
+    Each line is a ``logging.LogRecord`` handed to the logger's handlers as
+    ``Logger.info(..., extra=fields)`` would hand it, less that method's
+    call chain (two lines per session are most of what a worker logs): the
+    same record, the same handlers, filters and formats.
+    """
 
     def __init__(self, logger: logging.Logger = ACCESS) -> None:
         self.log = logger
@@ -85,49 +102,70 @@ class AccessLog:
     def name(self, session_id: int) -> str:
         return f"{self.pid}.{session_id}"
 
-    def _named(self, protocol: BaseServer, event: str) -> tuple[str, str, object, dict[str, Any]]:
-        """What the open and the close line both name: the session, the peer and
-        the shard as the text shows them, and the JSON fields they share."""
+    def _named(self, protocol: BaseServer) -> tuple[str, str, object, str, int | None, object]:
+        """(session, peer as the text shows it, shard as the text shows it,
+        and the JSON fields: peer host, peer port, shard)."""
         host, port = split_peer(protocol.get_extra_info("peername"))
-        session = self.name(protocol.session_id)
         shard = protocol.get_extra_info("shard")
-        fields = {
-            "event": event,
-            "session": session,
-            "peer": host,
-            "peer_port": port,
-            "shard": shard,
-        }
-        return session, show_peer(host, port), "-" if shard is None else shard, fields
+        return (
+            f"{self.pid}.{protocol.session_id}",
+            show_peer(host, port),
+            "-" if shard is None else shard,
+            host,
+            port,
+            shard,
+        )
+
+    def _emit(self, msg: str, args: tuple[object, ...], fields: dict[str, Any]) -> None:
+        log = self.log
+        if logging._srcfile:  # records name their caller (shardd.logs.setup turns it off)
+            log.info(msg, *args, extra=fields)
+            return
+        # what Logger._log does without the caller, and what makeRecord does
+        # with extra= whose keys are all new
+        record = log.makeRecord(
+            log.name, logging.INFO, "(unknown file)", 0, msg, args, None, "(unknown function)"
+        )
+        record.__dict__.update(fields)
+        log.handle(record)
 
     def opened(self, protocol: BaseServer) -> None:
-        log = self.log
-        if not log.isEnabledFor(logging.INFO):
+        if not self.log.isEnabledFor(logging.INFO):
             return
-        session, peer, shard, fields = self._named(protocol, "session_open")
-        log.info("session %s open peer=%s shard=%s", session, peer, shard, extra=fields)
+        named = protocol.access_named = self._named(protocol)
+        session, peer, shard, host, port, shard_field = named
+        self._emit(
+            OPEN_LINE,
+            (session, peer, shard),
+            {
+                "event": "session_open",
+                "session": session,
+                "peer": host,
+                "peer_port": port,
+                "shard": shard_field,
+            },
+        )
 
     def closed(self, protocol: BaseServer) -> None:
-        log = self.log
-        if not log.isEnabledFor(logging.INFO):
+        if not self.log.isEnabledFor(logging.INFO):
             return
-        session, peer, shard, fields = self._named(protocol, "session_close")
+        named = protocol.access_named or self._named(protocol)
+        session, peer, shard, host, port, shard_field = named
         duration = round(protocol.duration, 3)
         reason = protocol.close_reason or CLIENT_CLOSED
-        fields.update(
-            duration=duration,
-            bytes_in=protocol.rx_bytes,
-            bytes_out=protocol.tx_bytes,
-            reason=reason,
-        )
-        log.info(
-            'session %s close peer=%s shard=%s duration=%.3fs in=%d out=%d reason="%s"',
-            session,
-            peer,
-            shard,
-            duration,
-            protocol.rx_bytes,
-            protocol.tx_bytes,
-            reason,
-            extra=fields,
+        rx, tx = protocol.rx_bytes, protocol.tx_bytes
+        self._emit(
+            CLOSE_LINE,
+            (session, peer, shard, duration, rx, tx, reason),
+            {
+                "event": "session_close",
+                "session": session,
+                "peer": host,
+                "peer_port": port,
+                "shard": shard_field,
+                "duration": duration,
+                "bytes_in": rx,
+                "bytes_out": tx,
+                "reason": reason,
+            },
         )

@@ -66,6 +66,9 @@ SHELL_GRACE_SECONDS = 1.0
 QUEUE_FLUSH_AT = 2**16
 
 
+# every session's log unless its maker gives another (looked up once, not per session)
+_SESSION_LOG = logging.getLogger("shardd.session")
+
 _NO_EXTRA: dict[str, Any] = {}
 # the MUD settings of a protocol made outside a Server: nothing offered
 _NO_MUD = MudServer(DEFAULT_MUD)
@@ -120,6 +123,7 @@ class BaseServer(asyncio.Protocol):
         "_waiter_connected",
         "_when_connected",
         "access",
+        "access_named",
         "bus",
         "closed",
         "connect_maxwait",
@@ -160,7 +164,7 @@ class BaseServer(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.reader: TelnetReader | None = None
         self.writer: TelnetWriter | None = None
-        self.log = log or logging.getLogger("shardd.session")
+        self.log = log or _SESSION_LOG
         self._loop = loop or _current_loop()
         self._waiter_connected = _waiter_connected or self._loop.create_future()
         self._waiter_closed = _waiter_closed or self._loop.create_future()
@@ -215,6 +219,8 @@ class BaseServer(asyncio.Protocol):
         self.session_id = 0
         #: where the session's open and close lines go (set by the server); None: nowhere
         self.access: AccessLog | None = None
+        #: how the access log named the session at its open line, for its close line
+        self.access_named: tuple[str, str, object, str, int | None, object] | None = None
         #: this session's handle on the message bus (set by the server); None: no bus
         self.bus: SessionHandle | None = None
         self._close_reason = ""
