@@ -64,6 +64,21 @@ def test_connect_sets_up_every_session(serve: Any, shell: str) -> None:
     assert s["sources"] == {"127.0.0.1": 40}
 
 
+def test_connect_counts_refusals_as_failures_not_setups(serve: Any) -> None:
+    # the limit's refusal line is in-band text, but no session was set up
+    server = serve("--shell", "echo", "--max-connect-rate-per-ip", "5")
+    code, s = loadtest(
+        "connect", "--port", str(server.port), "--sessions", "40", "--concurrency", "8",
+        "--max-failures", "40",
+    )  # fmt: skip
+    assert code == 0, s
+    refused = s["failures"].get("refused: too many connections from the address", 0)
+    assert refused > 0 and s["setups"] + refused == s["attempts"] == 40, s
+    assert s["failures_by_phase"]["admission"] == {
+        "refused: too many connections from the address": refused
+    }, s
+
+
 def test_echo_round_trips(serve: Any) -> None:
     server = serve(*ECHO)
     code, s = loadtest(

@@ -25,7 +25,16 @@ from shardd.loadtest.target import (
     open_session,
 )
 from shardd.loadtest.verify import CountedSession
+from workers import admission
 from workers.telnet.client import TelnetClientSession
+
+#: what a server's refusal line starts with, and the failure it counts as: a
+#: refused client gets in-band text too, but it is not a session set up
+REFUSALS = (
+    (admission.SERVER_FULL.encode(), "refused: server full"),
+    (admission.TOO_MANY_SESSIONS.encode(), "refused: too many sessions from the address"),
+    (admission.TOO_FAST.encode(), "refused: too many connections from the address"),
+)
 
 PROBE = b"\x00"
 
@@ -110,7 +119,7 @@ class SetupSession(CountedSession, asyncio.Protocol):
         if telnet.has_output:
             self.write(telnet.data_to_send())
         if inband and not self.ready.done():
-            self.ready.set_result(_perf())
+            self.ready.set_result(_refusal(inband) or _perf())
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -168,11 +177,19 @@ async def set_up_as(
         return None, 0.0
     outcome = await proto.ready
     if isinstance(outcome, str):
-        tally.fail("negotiation", outcome)
+        tally.fail("admission" if outcome.startswith("refused") else "negotiation", outcome)
         proto.close()
         await proto.closed
         return None, 0.0
     return proto, outcome - started
+
+
+def _refusal(first: bytes) -> str | None:
+    """The failure a server's first in-band bytes stand for, if they are a refusal."""
+    for line, failure in REFUSALS:
+        if first.startswith(line[:16]):
+            return failure
+    return None
 
 
 def check_positive(**values: float) -> None:
