@@ -340,3 +340,77 @@ async def addresses(reader: Any, writer: Any) -> None:
     while (line := await editor.readline()) is not None:
         _write(writer, f"You said: {line}\r\n")
         await writer.drain()
+
+
+async def bus(reader: Any, writer: Any) -> None:
+    """The message bus, one command a line (tests/test_bus_serving.py).
+
+    ``id`` -> ``ID <id> <shard> <pid>``; ``name N``; ``sub CH`` (then every
+    message on CH comes as ``MSG <ch> <sender> <json data>``); ``slowsub CH``
+    (joined, never read); ``unsub CH``; ``pub CH TEXT``; ``pubn CH N`` (N
+    numbered messages, 0 to N-1); ``send ID TEXT`` -> ``SENT True|False``
+    (direct messages come as ``DM <sender> <json data>``); ``who`` ->
+    ``WHO <json>``; ``close ID TEXT`` -> ``CLOSED True|False``; ``dropped CH``
+    -> ``DROPPED <n>``; ``quit``. Each command is answered ``OK <command>``
+    (or the line above) once done; a refused one ``ERR <why>``.
+    """
+    bus = writer.bus
+    tasks: set[asyncio.Task[None]] = set()
+    slow: dict[str, Any] = {}
+
+    async def relay(subscription: Any, prefix: str) -> None:
+        async for message in subscription:
+            head = f"MSG {message.channel}" if prefix == "MSG" else "DM"
+            _write(writer, f"{head} {message.sender} {json.dumps(message.data)}\r\n")
+
+    def start(subscription: Any, prefix: str) -> None:
+        task = asyncio.get_running_loop().create_task(relay(subscription, prefix))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    start(bus.inbox, "DM")
+    editor = LineEditor(reader, writer)
+    while (line := await editor.readline()) is not None:
+        command, _, rest = line.strip().partition(" ")
+        arg, _, text = rest.partition(" ")
+        try:
+            if command == "id":
+                shard = writer.get_extra_info("shard") or 0
+                _write(writer, f"ID {bus.id} {shard} {os.getpid()}\r\n")
+                continue
+            if command == "name":
+                bus.name = rest
+            elif command == "sub":
+                start(bus.subscribe(arg), "MSG")
+            elif command == "slowsub":
+                slow[arg] = bus.subscribe(arg)
+            elif command == "unsub":
+                bus.unsubscribe(arg)
+            elif command == "pub":
+                await bus.publish(arg, text)
+            elif command == "pubn":
+                for n in range(int(text)):
+                    await bus.publish(arg, n)
+            elif command == "send":
+                _write(writer, f"SENT {await bus.send(arg, text)}\r\n")
+                continue
+            elif command == "who":
+                found = [[s.id, s.shard, s.peer, s.term, s.name, s.host] for s in await bus.who()]
+                _write(writer, f"WHO {json.dumps(found)}\r\n")
+                continue
+            elif command == "close":
+                _write(writer, f"CLOSED {await bus.close_session(arg, text)}\r\n")
+                continue
+            elif command == "dropped":
+                _write(writer, f"DROPPED {slow[arg].dropped}\r\n")
+                continue
+            elif command == "quit":
+                break
+            else:
+                _write(writer, f"ERR unknown command {command!r}\r\n")
+                continue
+        except ValueError as exc:  # BusError
+            _write(writer, f"ERR {exc}\r\n")
+            continue
+        _write(writer, f"OK {command}\r\n")
+        await writer.drain()

@@ -45,6 +45,7 @@ SHELL_FAILED = "shell failed"  # the shell raised
 IDLE_TIMEOUT = "idle timeout"  # --idle-timeout
 OUTPUT_OVERFLOW = "output overflow"  # --max-output-buffer
 PROTOCOL_ERROR = "protocol error"  # input that cannot be parsed on (a broken MCCP3 stream)
+CLOSED_BY_BUS = "closed by another session"  # a shell's bus.close_session
 START_FAILED = "session start failed"  # the protocol could not set the session up
 # The server's, for every session:
 SERVER_STOPPING = "server stopping"  # a graceful stop (TERM, shardd stop)

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from workers import access_log
 from workers.access_log import AccessLog
@@ -36,6 +36,9 @@ from workers.telnet.engine import (
     TelnetEngine,
 )
 from workers.telnet.telopt import name_command, name_option
+
+if TYPE_CHECKING:
+    from workers.bus.session import SessionHandle
 
 _monotonic = time.monotonic
 # Linux's; elsewhere delayed ACKs are left as they are
@@ -117,6 +120,7 @@ class BaseServer(asyncio.Protocol):
         "_waiter_connected",
         "_when_connected",
         "access",
+        "bus",
         "closed",
         "connect_maxwait",
         "counters",
@@ -211,6 +215,8 @@ class BaseServer(asyncio.Protocol):
         self.session_id = 0
         #: where the session's open and close lines go (set by the server); None: nowhere
         self.access: AccessLog | None = None
+        #: this session's handle on the message bus (set by the server); None: no bus
+        self.bus: SessionHandle | None = None
         self._close_reason = ""
 
     # -------------------------------------------------------------- asyncio side

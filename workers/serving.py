@@ -36,6 +36,7 @@ from workers import access_log
 from workers.access_log import AccessLog
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
+from workers.bus.hub import BusHub
 from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.mud import DEFAULT_MUD, MudOptions, MudServer
@@ -89,6 +90,8 @@ class ServerSettings:
     manage_gc: bool = True
     #: every connection (both ports) opens with a PROXY header; None: none does
     proxy: ProxySettings | None = None
+    #: the message bus's backend: "local" or a redis:// URL (workers/bus/backends.py)
+    bus: str = "local"
 
 
 class Sessions:
@@ -118,6 +121,8 @@ class Sessions:
         self.mud = MudServer(opts.mud, lambda: len(self.live))
         #: made here, in the process that serves: its lines name this pid
         self.access = AccessLog() if opts.access_log else None
+        #: the message bus of this process (workers/bus): one handle per session
+        self.bus = BusHub(shard=int(self.shared_extra.get("shard", 0)), counters=self.counters)
 
     def new(self, *, tls: bool = False) -> BaseServer:
         """A protocol instance for a connection being served, registered as live.
@@ -144,6 +149,7 @@ class Sessions:
         self.accepted += 1
         self.live[protocol] = protocol.session_id = self.accepted
         protocol.access = self.access
+        protocol.bus = self.bus.open(protocol)
         protocol._waiter_closed.add_done_callback(self._closed)
         return protocol
 
@@ -153,6 +159,8 @@ class Sessions:
             return
         protocol = waiter.result()
         session_id = self.live.pop(protocol, None)
+        if protocol.bus is not None:
+            self.bus.closed(protocol.bus)
         self.counters["sessions_ended"] += 1
         count_closed(self.counters, protocol)  # before on_close: see shardd/metrics.py
         if self._ended is not None:
@@ -303,6 +311,7 @@ class Server:
         gc_policy.install(manage=self.settings.manage_gc)
         try:
             await channel.open(self)
+            await self._start_bus(channel)
             # create_server listens again on the socket: without backlog= it
             # would shrink the accept queue to asyncio's default of 100
             self._listeners.append(
@@ -327,12 +336,28 @@ class Server:
                 listener.close()
             channel.stopping(mode, len(self.sessions.live))
             await self._wind_down(mode)
+            await self.bus.close()
             channel.close()
             return mode
         finally:
             gc_policy.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+    @property
+    def bus(self) -> BusHub:
+        """This process's message bus (workers/bus)."""
+        return self.sessions.bus
+
+    async def _start_bus(self, channel: Channel) -> None:
+        from workers.bus.backends import make_backend
+        from workers.channel import SupervisorChannel
+
+        supervised = channel if isinstance(channel, SupervisorChannel) else None
+        backend = make_backend(self.settings.bus, self.bus, supervised)
+        if backend is not None:
+            await backend.start()
+            self.bus.backend = backend
 
     async def _close_idle(self) -> None:
         """Every so often, close the sessions whose clients have sent nothing for

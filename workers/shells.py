@@ -15,6 +15,7 @@ from typing import Any
 from workers import loader
 from workers.stream_reader import TelnetReader
 from workers.stream_writer import TelnetWriter, starts_in
+from workers.talker import talker
 from workers.telnet import mtts
 
 ECHO_READ_SIZE = 2**16
@@ -158,7 +159,11 @@ async def welcome(reader: TelnetReader, writer: TelnetWriter) -> None:
         say(f"You said: {line}\r\n")
 
 
-BUILTIN_SHELLS: dict[str, Callable[..., Any]] = {"echo": echo, "welcome": welcome}
+BUILTIN_SHELLS: dict[str, Callable[..., Any]] = {
+    "echo": echo,
+    "welcome": welcome,
+    "talker": talker,
+}
 
 
 def resolve(spec: str) -> Callable[..., Any]:

@@ -34,6 +34,7 @@ from workers.telnet.telopt import (
 )
 
 if TYPE_CHECKING:
+    from workers.bus.api import SessionBus
     from workers.mud import GMCPCallback, GMCPMessage, MSDPCallback
     from workers.server_base import BaseServer
 
@@ -90,6 +91,14 @@ class TelnetWriter:
     @property
     def transport(self) -> asyncio.Transport:
         return self._transport
+
+    @property
+    def bus(self) -> SessionBus:
+        """This session's handle on the message bus (README, "Message bus")."""
+        bus = self._protocol.bus
+        if bus is None:
+            raise RuntimeError("this session has no message bus (not served by a shardd server)")
+        return bus
 
     @property
     def protocol(self) -> BaseServer:
