@@ -29,8 +29,10 @@ _SAYS = re.compile(r"\[([^\]\s]+)\] (\S+) says: m(\d{1,9})/(\d{1,9})")
 _SHOUTS = re.compile(r"(\S+) shouts: (\S+)")
 # "Welcome, NAME! You are in room ROOM."
 _WELCOME = re.compile(r"Welcome, (\S+)! You are in room (\S+?)\.")
-# the player's own join, as the talker confirms it ("You join ROOM." and the like)
-_JOINED = re.compile(r"You (?:join|are now in|enter)(?: room)? (\S+?)\.")
+# the player's own join, as the talker confirms it
+_JOINED = re.compile(r"You are in room (\S+?)\.")
+#: what the talker says to a player over its allowance of lines
+TOO_FAST = "You are talking too fast."
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,12 @@ class Shouted:
     text: str
 
 
-Event = Prompt | Welcome | Joined | Said | Shouted
+@dataclass(frozen=True, slots=True)
+class TooFast:
+    """The talker refused a line: the player is over its allowance."""
+
+
+Event = Prompt | Welcome | Joined | Said | Shouted | TooFast
 
 
 class TalkerLines:
@@ -125,6 +132,8 @@ def _parse(line: str) -> Event | None:
         if welcome is not None:
             return Welcome(*welcome.groups())
     if "You " in line:
+        if TOO_FAST in line:
+            return TooFast()
         joined = _JOINED.search(line)
         if joined is not None:
             return Joined(joined.group(1))

@@ -22,7 +22,15 @@ from typing import cast
 from shardd.loadtest.hooks import Hooks, close_all, lanes
 from shardd.loadtest.latencies import Latencies
 from shardd.loadtest.sessions import Tally
-from shardd.loadtest.talker_lines import Joined, Prompt, Said, Shouted, TalkerLines, Welcome
+from shardd.loadtest.talker_lines import (
+    Joined,
+    Prompt,
+    Said,
+    Shouted,
+    TalkerLines,
+    TooFast,
+    Welcome,
+)
 from shardd.loadtest.target import (
     CLOSE_GRACE,
     NEGOTIATION_TIMEOUT,
@@ -38,6 +46,8 @@ _now = time.monotonic
 #: failure kinds of a login, beside the connection's own
 NAME_REFUSED = "name refused"
 LOGIN_TIMEOUT = "login timeout"
+#: a line the talker refused: the player was over its allowance
+TOO_FAST = "talking too fast"
 #: a chat message's id: its sender's index and sequence number in one int
 SEQ_BITS = 20
 
@@ -218,6 +228,8 @@ class Player(asyncio.Protocol):
                 if self.state == "welcome" and cast(Welcome, event).name == self.name:
                     self.state = "joining"
                     self.write_line(f"join {self.room}")
+            elif kind is TooFast:
+                players.tally.fail(players.phase if self.state == "ready" else "login", TOO_FAST)
             elif (
                 kind is Joined and self.state == "joining" and cast(Joined, event).room == self.room
             ):
