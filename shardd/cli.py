@@ -135,6 +135,11 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "HOST:PORT",
         "serve Prometheus metrics at http://HOST:PORT/metrics ([::1]:9100 for IPv6; default off)",
     ),
+    "bus": (
+        "local|redis://HOST:PORT/DB",
+        "the message bus between sessions of every worker: local, through the supervisor "
+        "(default), or Redis pub/sub, across hosts",
+    ),
 }
 
 

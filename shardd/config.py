@@ -105,6 +105,8 @@ class ServeConfig:
     #: HOST:PORT ([::1]:9100 for IPv6) where the supervisor serves Prometheus
     #: metrics over HTTP; None: not served
     metrics: str | None = None
+    #: the message bus's backend: "local" (through the supervisor) or redis://HOST:PORT/DB
+    bus: str = "local"
 
     def server_settings(self) -> ServerSettings:
         """What every worker's server is built with."""
@@ -122,6 +124,7 @@ class ServeConfig:
             )
             if self.proxy_protocol
             else None,
+            bus=self.bus,
         )
 
     @classmethod
@@ -195,6 +198,7 @@ class ServeConfig:
                 setattr(self, key, check_str(key.replace("_", "-"), value))
         if self.metrics is not None:
             self.metrics = check_metrics(self.metrics)
+        self.bus = check_bus(self.bus)
         if self.user is not None:
             try:
                 pwd.getpwnam(self.user)
@@ -322,6 +326,15 @@ def split_address(value: str, key: str = "metrics") -> tuple[str, int]:
     if not port.isascii() or not port.isdigit():
         raise ConfigError(key, f"{form}, with a port number, not {value!r}")
     return host, check_int(key, port, 0, 65535)
+
+
+def check_bus(value: Any) -> str:
+    """``local`` or a ``redis://`` URL (workers/bus/backends.py)."""
+    from workers.bus.backends import valid_spec
+
+    if not isinstance(value, str) or not valid_spec(value):
+        raise ConfigError("bus", f"must be local or a redis:// URL, not {value!r}")
+    return value
 
 
 def check_str(key: str, value: Any) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from shardd import control, listeners, logs, privileges
+from shardd.bus_relay import BusRelay
 from shardd.config import ConfigError, ConfigSource, ServeConfig, split_address
 from shardd.control_handlers import SupervisorHandlers
 from shardd.metrics import CONTENT_TYPE, Exposition, ShardTotals
@@ -65,6 +66,12 @@ CRASH_BACKOFF_MAX = 0.5
 CRASH_RESET = 10.0
 # How long a status request waits for fresh worker reports.
 STATUS_WAIT = 1.0
+# Bytes waiting to be written to one worker (bus traffic, mostly) past which
+# the bus frames for it are dropped and counted: a worker that does not read
+# its channel never grows the supervisor's memory.
+BUS_OUTBOX_LIMIT = 8 * 2**20
+# A worker's bus drops are logged at most once in this many seconds
+BUS_DROP_LOG_INTERVAL = 10.0
 # How often workers are told the sessions of every worker (MSSP PLAYERS)
 PLAYERS_INTERVAL = 1.0
 # Shards that TTIN or `shardd workers +N` may add to those started with.
@@ -121,6 +128,10 @@ class WorkerHandle:
     # next report's counters hold them (shardd/metrics.py)
     unreported_rx: int = 0
     unreported_tx: int = 0
+    # what could not be written to its channel yet (its frames in order)
+    outbox: bytearray = field(default_factory=bytearray)
+    bus_dropped: int = 0  # bus frames for it dropped, its outbox full
+    bus_drop_logged: float = 0.0
 
     def sample_cpu(self, now: float) -> None:
         """Close one CPU window and open the next."""
@@ -210,6 +221,8 @@ class Supervisor:
         self.tell_players = "mssp" in cfg.offer
         self.players_at = 0.0
         self._wakeup_r = self._wakeup_w = -1
+        #: the local message bus between workers (shardd/bus_relay.py)
+        self.bus_relay = BusRelay(self._send_bus_frame, self._bus_workers)
 
     # ------------------------------------------------------------ start-up
 
@@ -620,7 +633,11 @@ class Supervisor:
             self.reload.probe.close()
 
     def _channel_readable(self, handle: WorkerHandle) -> Callable[[Any, int], None]:
-        def on_readable(_key: Any, _mask: int) -> None:
+        def on_readable(_key: Any, mask: int) -> None:
+            if mask & selectors.EVENT_WRITE:
+                self._flush_outbox(handle)
+            if not mask & selectors.EVENT_READ:
+                return
             try:
                 data = handle.channel.recv(1 << 18)
             except BlockingIOError:
@@ -651,6 +668,8 @@ class Supervisor:
         except (KeyError, ValueError):
             pass
         handle.channel.close()
+        handle.outbox.clear()
+        self.bus_relay.forget(handle.pid)
 
     def _on_message(self, handle: WorkerHandle, message: dict[str, Any]) -> None:
         kind = message["t"]
@@ -689,6 +708,8 @@ class Supervisor:
             handle.last_heartbeat = now
             if handle.state in ("starting", "serving"):
                 handle.state = "stopping"
+        elif kind in ipc.BUS_KINDS:
+            self.bus_relay.on_message(handle.pid, message)
         else:
             raise ipc.FrameError(f"{kind!r} is not a worker's message")
 
@@ -743,13 +764,83 @@ class Supervisor:
         return None
 
     def _send(self, handle: WorkerHandle, kind: str, **fields: Any) -> None:
+        self._write(handle, ipc.pack(kind, **fields))
+
+    def _write(self, handle: WorkerHandle, frame: bytes, *, bus: bool = False) -> bool:
+        """Write ``frame`` to the worker, or queue it behind what waits already.
+
+        The socket is non-blocking: what it does not take now waits in the
+        handle's outbox, written as the channel becomes writable, so frames
+        are never cut. Bus frames for a worker whose outbox holds
+        BUS_OUTBOX_LIMIT are dropped (False); control frames are tiny and
+        always queued.
+        """
+        if handle.channel.fileno() < 0:
+            return False
+        outbox = handle.outbox
+        if outbox:
+            if bus and len(outbox) + len(frame) > BUS_OUTBOX_LIMIT:
+                self._bus_dropped(handle)
+                return False
+            outbox += frame
+            return True
         try:
-            handle.channel.send(ipc.pack(kind, **fields))
-        except (BlockingIOError, OSError) as exc:
-            # control messages are tiny; a full or closed channel means a dying worker
-            log.debug(
-                "shard %d: cannot send %s to worker %d: %s", handle.shard, kind, handle.pid, exc
+            sent = handle.channel.send(frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # a closed channel: a dying worker
+            log.debug("shard %d: cannot write to worker %d: %s", handle.shard, handle.pid, exc)
+            return False
+        if sent < len(frame):
+            outbox += frame[sent:]
+            self._watch_writable(handle, True)
+        return True
+
+    def _flush_outbox(self, handle: WorkerHandle) -> None:
+        outbox = handle.outbox
+        try:
+            sent = handle.channel.send(outbox) if outbox else 0
+        except BlockingIOError:
+            return
+        except OSError:
+            outbox.clear()
+            sent = 0
+        del outbox[:sent]
+        if not outbox:
+            self._watch_writable(handle, False)
+
+    def _watch_writable(self, handle: WorkerHandle, on: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        try:
+            self.selector.modify(handle.channel, events, self._channel_readable(handle))
+        except (KeyError, ValueError):
+            pass
+
+    def _bus_dropped(self, handle: WorkerHandle) -> None:
+        handle.bus_dropped += 1
+        now = time.monotonic()
+        if now - handle.bus_drop_logged >= BUS_DROP_LOG_INTERVAL:
+            handle.bus_drop_logged = now
+            log.warning(
+                "shard %d: worker %d reads its channel too slowly: bus messages for it "
+                "dropped (%d so far; its outbox holds %d bytes)",
+                handle.shard,
+                handle.pid,
+                handle.bus_dropped,
+                len(handle.outbox),
             )
+
+    def _send_bus_frame(self, pid: int, frame: bytes) -> bool:
+        handle = self.workers.get(pid)
+        return handle is not None and not handle.replaced and self._write(handle, frame, bus=True)
+
+    def _bus_workers(self) -> list[int]:
+        """The workers a who() asks and a send may reach: those that serve sessions."""
+        return [
+            handle.pid
+            for handle in self.workers.values()
+            if handle.state in ("serving", "draining") and not handle.replaced
+        ]
 
     # ------------------------------------------------------------------ reaping
 
@@ -919,6 +1010,7 @@ class Supervisor:
             reload.probe.expire()
             self._probed(reload)
         self._roll(now)
+        self.bus_relay.check_deadlines(now)
         self._answer_status_waiters(now)
         self._notify(now)
         if self.tell_players and now >= self.players_at:

@@ -347,7 +347,8 @@ async def bus(reader: Any, writer: Any) -> None:
 
     ``id`` -> ``ID <id> <shard> <pid>``; ``name N``; ``sub CH`` (then every
     message on CH comes as ``MSG <ch> <sender> <json data>``); ``slowsub CH``
-    (joined, never read); ``unsub CH``; ``pub CH TEXT``; ``pubn CH N`` (N
+    (joined, never read); ``dropped CH`` -> ``DROPPED <n>``
+    for either; ``unsub CH``; ``pub CH TEXT``; ``pubn CH N`` (N
     numbered messages, 0 to N-1); ``send ID TEXT`` -> ``SENT True|False``
     (direct messages come as ``DM <sender> <json data>``); ``who`` ->
     ``WHO <json>``; ``close ID TEXT`` -> ``CLOSED True|False``; ``dropped CH``
@@ -381,7 +382,8 @@ async def bus(reader: Any, writer: Any) -> None:
             if command == "name":
                 bus.name = rest
             elif command == "sub":
-                start(bus.subscribe(arg), "MSG")
+                slow[arg] = bus.subscribe(arg)
+                start(slow[arg], "MSG")
             elif command == "slowsub":
                 slow[arg] = bus.subscribe(arg)
             elif command == "unsub":

@@ -13,11 +13,14 @@ import logging
 import os
 import socket
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from workers import ipc
 from workers.server_base import BaseServer
 from workers.serving import Server, StopMode
+
+if TYPE_CHECKING:
+    from workers.bus.local import LocalBackend
 
 log = logging.getLogger("shardd.worker")
 
@@ -110,6 +113,8 @@ class SupervisorChannel:
         self._report_wanted = False
         self._reply_wanted = False
         self._sending = False
+        #: the bus's local backend, which takes the bus frames (workers/bus/local.py)
+        self.bus: LocalBackend | None = None
 
     # ------------------------------------------------------ the Channel side
 
@@ -160,6 +165,9 @@ class SupervisorChannel:
         elif kind == ipc.PLAYERS:
             if self.server is not None:
                 self.server.sessions.mud.total_sessions = message["sessions"]
+        elif kind in ipc.BUS_KINDS:
+            if self.bus is not None:
+                self.bus.on_message(message)
         else:
             log.warning("shard %d: unexpected %r from the supervisor", self.shard, kind)
 

@@ -46,6 +46,30 @@ DRAIN = "drain"
 STATUS = "status"  # send a report now (reply=True on its last frame)
 PLAYERS = "players"  # sessions: live sessions of every worker (MSSP PLAYERS), every second
 
+# The message bus (workers/bus/local.py <-> shardd/bus_relay.py). The same
+# shapes both ways; ``src`` is the pid of the worker a request came from (0
+# where it goes without saying). ``p`` is a message as the publisher's hub
+# packed it, relayed as bytes, never unpacked by the supervisor.
+BUS_SUB = "bus_sub"  # ch: the worker's first subscriber of ch arrived
+BUS_UNSUB = "bus_unsub"  # ch: its last left
+BUS_PUB = "bus_pub"  # ch, sender, p: for every other worker with subscribers of ch
+BUS_SEND = "bus_send"  # to, sender, p, req, src: to one session; answered by bus_ack
+BUS_CLOSE = "bus_close"  # to, msg, req, src: close one session; answered by bus_ack
+BUS_ACK = "bus_ack"  # req, src, ok: whether the session of a send or close was live
+BUS_WHO = "bus_who"  # req, src: list your sessions
+# req, src, sessions: [[id, shard, peer, term, name, host], ...] (at most
+# WHO_BATCH), last: the worker's (or, to the asker, every worker's) last batch
+BUS_WHO_REPLY = "bus_who_reply"
+BUS_KINDS = frozenset(
+    {BUS_SUB, BUS_UNSUB, BUS_PUB, BUS_SEND, BUS_CLOSE, BUS_ACK, BUS_WHO, BUS_WHO_REPLY}
+)
+#: sessions in one bus_who_reply frame: 1000 entries of at most ~700 bytes stay
+#: well under MAX_FRAME
+WHO_BATCH = 1000
+#: longest session id, and longest last line of a session closed through the bus
+MAX_SESSION_ID = 300
+MAX_CLOSE_MESSAGE = 1024
+
 # The order of a session's values inside a report.
 SESSION_FIELDS = (
     "id",
@@ -88,6 +112,14 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     DRAIN: {"timeout": _NUMBER},
     STATUS: {},
     PLAYERS: {"sessions": (int,)},
+    BUS_SUB: {"ch": (str,)},
+    BUS_UNSUB: {"ch": (str,)},
+    BUS_PUB: {"ch": (str,), "sender": (str, _NONE), "p": (bytes,)},
+    BUS_SEND: {"to": (str,), "sender": (str, _NONE), "p": (bytes,), "req": (int,), "src": (int,)},
+    BUS_CLOSE: {"to": (str,), "msg": (str,), "req": (int,), "src": (int,)},
+    BUS_ACK: {"req": (int,), "src": (int,), "ok": (bool,)},
+    BUS_WHO: {"req": (int,), "src": (int,)},
+    BUS_WHO_REPLY: {"req": (int,), "src": (int,), "sessions": (list,), "last": (bool,)},
 }
 _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
     (int,),
@@ -135,7 +167,39 @@ def check(message: Any) -> dict[str, Any]:
     elif kind == OPEN:
         for entry in message["sessions"]:
             _check_opened(entry)
+    elif kind in BUS_KINDS:
+        _check_bus(kind, message)
     return message
+
+
+def _check_bus(kind: str, message: dict[str, Any]) -> None:
+    from workers.bus.api import MAX_CHANNEL, MAX_MESSAGE, MAX_NAME
+
+    if len(message.get("ch", "")) > MAX_CHANNEL:
+        raise FrameError(f"{kind}: channel name longer than {MAX_CHANNEL}")
+    if len(message.get("p", b"")) > MAX_MESSAGE:
+        raise FrameError(f"{kind}: message larger than {MAX_MESSAGE} bytes")
+    if (
+        len(message.get("to", "")) > MAX_SESSION_ID
+        or len(message.get("sender") or "") > MAX_SESSION_ID
+    ):
+        raise FrameError(f"{kind}: session id longer than {MAX_SESSION_ID}")
+    if len(message.get("msg", "")) > MAX_CLOSE_MESSAGE:
+        raise FrameError(f"{kind}: closing line longer than {MAX_CLOSE_MESSAGE}")
+    if kind == BUS_WHO_REPLY:
+        sessions = message["sessions"]
+        if len(sessions) > WHO_BATCH:
+            raise FrameError(f"{kind}: more than {WHO_BATCH} sessions in one frame")
+        for entry in sessions:
+            if (
+                not isinstance(entry, list)
+                or len(entry) != 6
+                or type(entry[1]) is not int
+                or not all(isinstance(entry[n], str) for n in (0, 2, 3, 4, 5))
+                or len(entry[4]) > MAX_NAME
+                or any(len(entry[n]) > MAX_SESSION_ID for n in (0, 2, 3, 5))
+            ):
+                raise FrameError(f"{kind}: session entry {entry!r:.80} is not a session")
 
 
 def _check_counters(counters: dict[Any, Any]) -> None:

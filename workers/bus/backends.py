@@ -41,7 +41,10 @@ def make_backend(spec: str, hub: BusHub, channel: SupervisorChannel | None) -> B
         return backend
     if spec != LOCAL:
         raise ValueError(f"bus: {spec!r} is neither 'local' nor a redis:// URL")
-    # the relay through the supervisor comes with milestone 2: until then,
-    # each worker's hub is its own bus
-    hub.backend_name = "none"
-    return None
+    if channel is None:
+        hub.backend_name = "none"
+        return None
+    from workers.bus.local import LocalBackend
+
+    hub.backend_name = LOCAL
+    return LocalBackend(hub, channel)

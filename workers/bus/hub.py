@@ -31,6 +31,7 @@ from workers.bus.api import (
     Message,
     SessionInfo,
 )
+from workers.ipc import MAX_CLOSE_MESSAGE
 from workers.log_limits import WarningLimiter
 
 if TYPE_CHECKING:
@@ -279,6 +280,8 @@ class BusHub:
         return sessions
 
     async def close_session(self, session_id: str, message: str = "") -> bool:
+        if not isinstance(message, str) or len(message) > MAX_CLOSE_MESSAGE:
+            raise BusError(f"a closing line is a str of at most {MAX_CLOSE_MESSAGE} characters")
         if self.close_local(session_id, message):
             return True
         if self.backend is None or not isinstance(session_id, str):
