@@ -1,6 +1,11 @@
 #!/bin/sh
 # Install shardd into ./.venv from this checkout.
-#   deploy/install.sh          the server and its runtime dependencies
+#   deploy/install.sh          the server and its runtime dependencies, a
+#                              telnet client to try it (inetutils-telnet), and,
+#                              as root, the `shardd` command on every shell's
+#                              PATH: a link /usr/local/bin/shardd to
+#                              .venv/bin/shardd (deploy/link-command.sh;
+#                              SHARDD_BIN_DIR names another directory)
 #   deploy/install.sh --test   also everything the test suite needs, including
 #                              the Debian packages of the real telnet and MUD
 #                              clients the tests run as processes, openssl
@@ -18,14 +23,15 @@ with_test=0
 
 missing=""
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing="python3-venv"
+# the telnet client the Quick start tries the server with (--test lists it too)
+dpkg-query -W -f='${Status}' inetutils-telnet 2>/dev/null | grep -q 'install ok installed' \
+    || missing="$missing inetutils-telnet"
 if [ "$with_test" = 1 ]; then
-    for pkg in inetutils-telnet netcat-openbsd iproute2 openssl haproxy \
+    for pkg in netcat-openbsd iproute2 openssl haproxy prometheus \
         tintin++ tf5 busybox putty-tools telnet-ssl systemd; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing="$missing $pkg"
     done
-    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed' \
-        || missing="$missing prometheus"
 fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -40,4 +46,11 @@ if [ "$with_test" = 1 ]; then
     .venv/bin/python -m pip install -q -e '.[test]'
 else
     .venv/bin/python -m pip install -q -e .
+fi
+
+if [ "$(id -u)" = 0 ] || [ -n "${SHARDD_BIN_DIR:-}" ]; then
+    sh deploy/link-command.sh
+else
+    echo "install: not root, so no link in /usr/local/bin: run .venv/bin/shardd" \
+        "(or set SHARDD_BIN_DIR to a directory on your PATH)"
 fi

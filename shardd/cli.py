@@ -14,6 +14,7 @@ import orjson
 from shardd import control, logs
 from shardd.config import ConfigError, ConfigSource, ServeConfig, parse_mssp_flags
 from shardd.status import gc_paused
+from workers.plural import count
 
 USAGE_ERROR = 2
 # How long `shardd reload` waits for every shard's new worker to serve.
@@ -53,7 +54,8 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
     ),
     "shell": (
         "SHELL",
-        "echo, welcome, or module:callable, an async shell(reader, writer) (default welcome)",
+        "echo, welcome, talker, or module:callable, an async shell(reader, writer)"
+        " (default welcome)",
     ),
     "protocol": (
         "MODULE:CLASS",
@@ -120,6 +122,11 @@ _SERVE_FLAGS: dict[str, tuple[str | None, str]] = {
         "how often workers report session statistics; 0: only when status asks (default 1)",
     ),
     "backlog": ("N", "listen backlog per shard (default 4096)"),
+    "share_port": (
+        None,
+        "listen even if another process serves the port already (the kernel then "
+        "splits new clients between both); without it, shardd refuses to start",
+    ),
     "pidfile": ("PATH", "write the supervisor's pid here"),
     "user": ("USER", "switch to this user after binding"),
     "group": ("GROUP", "switch to this group after binding"),
@@ -160,6 +167,7 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shardd", description="A multiprocess, sharded telnet server.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the telnet server")
@@ -224,11 +232,17 @@ def _serve(args: argparse.Namespace) -> int:
     tls_context = _tls_context(cfg)
     logs.setup(cfg.log_level, cfg.log_format, cfg.log_file)
     if cfg.workers == 0:
-        return _serve_single(cfg, opts, tls_context)
+        from shardd.reload_single import SettingsSource
+
+        # a single process reloads in place, building its settings as here
+        reloading = SettingsSource(
+            source.load, lambda cfg: session_options(cfg, started), _tls_context
+        )
+        return _serve_single(cfg, opts, tls_context, reloading, source.path)
     return _serve_supervised(cfg, source, started, tls_context)
 
 
-def _tls_context(cfg: ServeConfig) -> Any:
+def _tls_context(cfg: ServeConfig) -> Any:  # ssl.SSLContext | None
     """The certificate and key, loaded: ConfigError naming the file that is wrong."""
     if cfg.tls_port is None or cfg.certfile is None:
         return None
@@ -240,34 +254,45 @@ def _tls_context(cfg: ServeConfig) -> Any:
         raise ConfigError(exc.key, str(exc)) from None
 
 
-def _serve_single(cfg: ServeConfig, opts: Any, tls_context: Any) -> int:
-    from shardd.listeners import bind
-    from workers.serving import run_single_process
+def _serve_single(
+    cfg: ServeConfig,
+    opts: Any,
+    tls_context: Any,
+    source: Any,
+    config_path: str | None,
+) -> int:
+    from shardd import single_process
+    from shardd.listeners import bind, check_unserved
     from workers.tls import TlsListener
 
-    log = logging.getLogger("shardd")
     tls = None
     port = cfg.port
+    share = cfg.share_port
     try:
-        sock = bind(cfg.host, port, backlog=cfg.backlog)
+        if not share:
+            check_unserved(cfg.host, port)
+        sock = bind(cfg.host, port, reuse_port=share, backlog=cfg.backlog)
         if tls_context is not None and cfg.tls_port is not None:
             port = cfg.tls_port
-            tls_sock = bind(cfg.host, port, backlog=cfg.backlog)
+            if not share:
+                check_unserved(cfg.host, port)
+            tls_sock = bind(cfg.host, port, reuse_port=share, backlog=cfg.backlog)
             tls = TlsListener(tls_sock, tls_context, cfg.tls_handshake_timeout)
     except OSError as exc:
         print(f"shardd: cannot listen on {cfg.host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    host, port = sock.getsockname()[:2]
-    log.info(
-        "serving telnet on %s:%s%s (pid %d, single process, shell %s)",
-        host,
-        port,
-        f" and TLS on {host}:{tls.sock.getsockname()[1]}" if tls else "",
-        os.getpid(),
-        cfg.shell,
-    )
-    run_single_process(sock, opts, cfg.server_settings(), tls)
-    log.info("stopped")
+    process = single_process.SingleProcess(cfg, opts, sock, tls, source, config_path)
+    try:
+        process.bind_control()
+    except OSError as exc:
+        process.close_sockets()
+        print(
+            f"shardd: cannot start: {exc.strerror or exc}"
+            + (f": {exc.filename}" if getattr(exc, "filename", None) else ""),
+            file=sys.stderr,
+        )
+        return 1
+    process.run()
     return 0
 
 
@@ -361,7 +386,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _simple(args: argparse.Namespace, payload: dict[str, Any]) -> int:
     reply = control.request(_control_path(args), payload)
-    message = reply.get("message") or f"{reply.get('workers')} shards"
+    message = reply.get("message") or count(int(reply.get("workers") or 0), "shard")
     print(f"shardd: {message}")
     return 0
 
@@ -386,8 +411,24 @@ def _workers(args: argparse.Namespace) -> int:
     return _simple(args, {"cmd": "workers", "delta": int(text)})
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), as pip sees it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shardd")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        # like git and gunicorn: no command is a usage error, and the help says
+        # which commands there are (on stderr, exit 2, as argparse's errors)
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)

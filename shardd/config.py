@@ -93,6 +93,8 @@ class ServeConfig:
     worker_timeout: float = 30.0
     stats_interval: float = 1.0
     backlog: int = 4096
+    #: listen on a port another process serves too (SO_REUSEPORT splits the clients)
+    share_port: bool = False
     pidfile: str | None = None
     user: str | None = None
     group: str | None = None
@@ -189,6 +191,7 @@ class ServeConfig:
                 "stats-interval", f"must be 0 (off) or at least 0.05, not {self.stats_interval:g}"
             )
         self.backlog = check_int("backlog", self.backlog, 1, 65535)
+        self.share_port = check_bool("share-port", self.share_port)
         self.log_level = check_choice("log-level", self.log_level, LOG_LEVELS)
         self.log_format = check_choice("log-format", self.log_format, LOG_FORMATS)
         self.access_log = check_switch("access-log", self.access_log)

@@ -161,6 +161,13 @@ class ControlError(RuntimeError):
     """No server answered, or it refused the request."""
 
 
+class Refused(Exception):
+    """Raised by a handler: the server will not do what was asked; ``str()`` says why.
+
+    The client gets an error reply (``shardd`` prints it on stderr and exits 1).
+    """
+
+
 class ControlTimeout(ControlError):
     """The server took longer than the client's timeout to answer."""
 
@@ -179,7 +186,8 @@ class ControlHandlers(Protocol):
 
     def stop(self) -> dict[str, Any]: ...
 
-    def workers(self, delta: int) -> dict[str, Any]: ...
+    def workers(self, delta: int) -> dict[str, Any]:
+        """Add or remove shards; :class:`Refused` if not all of ``delta`` could be."""
 
 
 # ---------------------------------------------------------------- server side
@@ -318,22 +326,22 @@ class ControlServer:
         def ok(fields: dict[str, Any]) -> None:
             self._reply(client, {"ok": True, **fields})
 
-        if cmd == "status":
-            handlers.status(ok)
-        elif cmd == "reload":
-            handlers.reload(lambda answer: self._reply(client, answer))
-        elif cmd == "stop":
-            ok(handlers.stop())
-        elif cmd == "workers":
-            delta = request.get("delta")
-            if not isinstance(delta, int) or isinstance(delta, bool) or not -64 <= delta <= 64:
-                self._reply(
-                    client, {"ok": False, "error": "delta must be a whole number from -64 to 64"}
-                )
-                return
-            ok(handlers.workers(delta))
-        else:
-            self._reply(client, {"ok": False, "error": f"unknown command {cmd!r}"})
+        try:
+            if cmd == "status":
+                handlers.status(ok)
+            elif cmd == "reload":
+                handlers.reload(lambda answer: self._reply(client, answer))
+            elif cmd == "stop":
+                ok(handlers.stop())
+            elif cmd == "workers":
+                delta = request.get("delta")
+                if not isinstance(delta, int) or isinstance(delta, bool) or not -64 <= delta <= 64:
+                    raise Refused("delta must be a whole number from -64 to 64")
+                ok(handlers.workers(delta))
+            else:
+                raise Refused(f"unknown command {cmd!r}")
+        except Refused as exc:
+            self._reply(client, {"ok": False, "error": str(exc)})
 
     def _reply(self, client: _Client, reply: dict[str, Any]) -> None:
         if client.sock not in self.clients:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from shardd import status
-from shardd.control import Reply
+from shardd.control import Refused, Reply
+from workers.plural import count
 
 if TYPE_CHECKING:
     from shardd.supervisor import Supervisor
@@ -43,4 +44,21 @@ class SupervisorHandlers:
         return {"message": "graceful stop begun"}
 
     def workers(self, delta: int) -> dict[str, Any]:
-        return {"workers": self.supervisor.change_workers(delta)}
+        """Add or remove shards; Refused unless all of ``delta`` was done.
+
+        A server keeps at least one shard, and can add only as many as its
+        shared table has rows (and the process file descriptors) for: asking
+        for more does what it can, and the operator is told, with a failure,
+        how far it went.
+        """
+        sup = self.supervisor
+        before = len(sup.active_shards())
+        after, problem = sup.change_workers(delta)
+        if problem is None:
+            return {"workers": after}
+        done = after - before
+        verb = "add" if delta > 0 else "remove"
+        raise Refused(
+            f"cannot {verb} {count(abs(delta), 'shard')}: {problem}; "
+            f"{abs(done)} {verb}{'ed' if delta > 0 else 'd'}, now {count(after, 'shard')}"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import resource
 import socket
 import struct
@@ -30,6 +31,43 @@ def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096)
         sock.close()
         raise
     return sock
+
+
+class PortServed(OSError):
+    """Another process listens on the port: shardd shares it only when told to."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} is already in use by another process (--share-port to share it)",
+        )
+
+
+def check_unserved(host: str, port: int) -> None:
+    """PortServed if a process listens on ``host:port`` already.
+
+    The shards' SO_REUSEPORT sockets would join any listener of the same
+    user that has SO_REUSEPORT too (another shardd, with another --control):
+    the kernel would then split the clients between the two servers without
+    a word. A probe bound without SO_REUSEPORT cannot join it and fails with
+    EADDRINUSE; it is closed before the shards bind. Port 0 (a free port,
+    picked at bind) has nobody on it.
+    """
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _type, proto, _name, addr = infos[0]
+    probe = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        # connections of a server that stopped (TIME_WAIT) are nobody listening
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortServed(port) from None
+        raise
+    finally:
+        probe.close()
 
 
 def bind_shard(host: str, port: int, backlog: int) -> socket.socket:

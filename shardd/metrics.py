@@ -34,6 +34,8 @@ from prometheus_client.registry import Collector
 
 from shardd import listeners
 from workers import session_totals as totals
+from workers.bus import hub as bus
+from workers.bus.backends import backend_label
 
 if TYPE_CHECKING:
     from shardd.supervisor import Shard, Supervisor, WorkerHandle
@@ -112,6 +114,8 @@ class _Shard:
     def __init__(self, past: Counter[str] | None) -> None:
         self.counters: Counter[str] = Counter(past or ())
         self.max_pause_us = self.counters.pop("gc_max_pause_us", 0)
+        self.counters.pop(bus.SUBSCRIPTIONS, None)  # a gauge: of live workers only
+        self.bus_subscriptions = 0
         self.sessions = 0
         self.rss = 0
         self.restarts = 0
@@ -120,6 +124,7 @@ class _Shard:
     def add(self, handle: WorkerHandle) -> None:
         counters = dict(handle.counters)
         self.max_pause_us = max(self.max_pause_us, counters.pop("gc_max_pause_us", 0))
+        self.bus_subscriptions += counters.pop(bus.SUBSCRIPTIONS, 0)
         self.counters.update(counters)
         self.counters[ACCEPTED] += handle.accepted
         # from here on the "closed" byte counts hold the live sessions' bytes too
@@ -263,6 +268,7 @@ class SupervisorCollector(Collector):
             ),
             ((i, s.max_pause_us / 1e6) for i, s in shards.items()),
         )
+        yield from _bus_metrics(self.sup, shards)
         yield _per_shard(
             GaugeMetricFamily(
                 "shardd_worker_resident_memory_bytes",
@@ -271,6 +277,50 @@ class SupervisorCollector(Collector):
             ),
             ((i, s.rss) for i, s in shards.items()),
         )
+
+
+_BUS_COUNTERS = (
+    ("in", bus.IN, "Bus messages that reached the shard's workers from the backend."),
+    ("out", bus.OUT, "Bus messages the shard's sessions published or sent."),
+    ("delivered", bus.DELIVERED, "Bus messages put in a subscriber's queue."),
+    ("dropped", bus.DROPPED, "Bus messages dropped for a subscriber's full queue."),
+)
+
+
+def _bus_metrics(sup: Supervisor, shards: dict[int, _Shard]) -> Iterator[Metric]:
+    """The message bus: per shard and backend, and the supervisor's relay."""
+    backend = backend_label(sup.cfg.bus)
+    for name, key, text in _BUS_COUNTERS:
+        family = CounterMetricFamily(
+            f"shardd_bus_messages_{name}", text, labels=["shard", "backend"]
+        )
+        for index, shard in shards.items():
+            family.add_metric([str(index), backend], shard.counters[key])
+        yield family
+    gauge = GaugeMetricFamily(
+        "shardd_bus_subscriptions",
+        "Live bus subscriptions in the shard's workers.",
+        labels=["shard", "backend"],
+    )
+    for index, shard in shards.items():
+        gauge.add_metric([str(index), backend], shard.bus_subscriptions)
+    yield gauge
+    relay = sup.bus_relay
+    yield CounterMetricFamily(
+        "shardd_bus_relayed",
+        "Bus frames the supervisor wrote to workers (local backend).",
+        value=relay.relayed,
+    )
+    yield CounterMetricFamily(
+        "shardd_bus_relay_dropped",
+        "Bus frames the supervisor dropped: the worker's channel held too much.",
+        value=relay.dropped,
+    )
+    yield GaugeMetricFamily(
+        "shardd_bus_channels",
+        "Channels with subscribers in some worker.",
+        value=len(relay.channels),
+    )
 
 
 def _per_shard(

@@ -31,6 +31,7 @@ RESTART_ONLY = (
     "tls_port",
     "workers",
     "backlog",
+    "share_port",
     "user",
     "group",
     "control",
@@ -38,6 +39,9 @@ RESTART_ONLY = (
     "log_format",
     "log_file",
     "metrics",  # its socket is bound once, before privileges drop
+    # old and new workers drain side by side: on two backends they would be
+    # two buses, and their players could not reach each other
+    "bus",
 )
 
 #: how a reload's outcome is told to whoever asked (ok, the one line)

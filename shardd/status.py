@@ -22,6 +22,8 @@ import psutil
 
 from shardd import listeners
 from workers import ipc
+from workers.bus import hub as bus
+from workers.bus.backends import backend_label
 from workers.telnet.mtts import flag_names
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ def collect(sup: Supervisor) -> dict[str, Any]:
                 if handle.drain_until is None
                 else round(max(0.0, handle.drain_until - now), 1),
                 **events(handle.counters),
+                # bytes the supervisor holds for it, not yet written to its channel
+                "outbox_bytes": len(handle.outbox),
             }
         )
         connections += _connections(handle, now)
@@ -94,6 +98,8 @@ def collect(sup: Supervisor) -> dict[str, Any]:
             "stopping": sup.stopping,
             # every worker's since the start, those that are gone included
             **events(_totals(sup)),
+            # the relay between workers (the local backend), shardd/bus_relay.py
+            "bus_relay": {"backend": backend_label(sup.cfg.bus), **sup.bus_relay.snapshot()},
         },
         "workers": workers,
         "connection_fields": CONNECTION_FIELDS,
@@ -126,15 +132,22 @@ CONNECTION_FIELDS = (
 
 
 def _connections(handle: WorkerHandle, now: float) -> list[list[Any]]:
-    """One worker's sessions as CONNECTION_FIELDS rows.
+    """One worker's sessions as CONNECTION_FIELDS rows."""
+    return session_rows(handle.shard, handle.pid, handle.sessions, now)
+
+
+def session_rows(
+    shard: int, pid: int, sessions: Mapping[int, list[Any]], now: float
+) -> list[list[Any]]:
+    """One process's sessions (id -> [peer, connected_at, entry or None]) as
+    CONNECTION_FIELDS rows: a worker's as reported, or a single process's own.
 
     The hot part of a status request at 100 000 sessions: one list per
     session, built from the entry as reported, without a map in between.
     """
-    shard, pid = handle.shard, handle.pid
     rows: list[list[Any]] = []
     append = rows.append
-    for session_id, (peer, connected_at, entry) in handle.sessions.items():
+    for session_id, (peer, connected_at, entry) in sessions.items():
         if entry is None:  # announced, not yet reported
             entry = _negotiating(session_id, connected_at)
         (
@@ -233,6 +246,14 @@ def events(counters: Mapping[str, int]) -> dict[str, Any]:
             for why in ("untrusted", "bad_header", "timeout")
             if counters.get(f"proxy_{why}")
         },
+        "bus": {
+            "in": counters.get(bus.IN, 0),
+            "out": counters.get(bus.OUT, 0),
+            "delivered": counters.get(bus.DELIVERED, 0),
+            "dropped": counters.get(bus.DROPPED, 0),
+            "undeliverable": counters.get(bus.UNDELIVERABLE, 0),
+            "subscriptions": counters.get(bus.SUBSCRIPTIONS, 0),
+        },
         "gc": {
             "collections": [counters.get(f"gc_collections_{g}", 0) for g in range(3)],
             "max_pause_ms": round(counters.get("gc_max_pause_us", 0) / 1000, 1),
@@ -246,6 +267,10 @@ def _totals(sup: Supervisor) -> Counter[str]:
     total: Counter[str] = Counter(sup.past_counters)
     for handle in sup.workers.values():
         total.update(handle.counters)
+    # a gauge: what live workers hold now
+    total[bus.SUBSCRIPTIONS] = sum(
+        h.counters.get(bus.SUBSCRIPTIONS, 0) for h in sup.workers.values()
+    )
     total["gc_max_pause_us"] = max(
         [
             sup.past_max_pause_us,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from workers.plural import count
+
 SESSION_ROWS = 50
 TOP = 5
 
@@ -92,26 +94,46 @@ def _events(counts: dict[str, Any]) -> str:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
         parts.append(f"refused {sum(refused.values())} ({reasons})")
     if counts.get("protocol_errors"):
-        parts.append(f"{counts['protocol_errors']} protocol errors")
+        parts.append(count(counts["protocol_errors"], "protocol error"))
     closed = counts.get("closed_by_server") or {}
     if closed:
         parts.append("closed " + ", ".join(f"{n} for {why}" for why, n in sorted(closed.items())))
     tls = counts.get("tls_handshake_failures") or {}
     if tls:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(tls.items()))
-        parts.append(f"{sum(tls.values())} TLS handshakes failed ({reasons})")
+        parts.append(count(sum(tls.values()), "TLS handshake") + f" failed ({reasons})")
     proxy = counts.get("proxy_header_failures") or {}
     if proxy:
         reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(proxy.items()))
         parts.append(f"{sum(proxy.values())} closed before a valid PROXY header ({reasons})")
     if counts.get("shell_errors"):
-        parts.append(f"{counts['shell_errors']} shell errors")
+        parts.append(count(counts["shell_errors"], "shell error"))
     if counts.get("gmcp_dropped"):
-        parts.append(f"{counts['gmcp_dropped']} GMCP messages dropped unread")
+        parts.append(count(counts["gmcp_dropped"], "GMCP message") + " dropped unread")
     gc = counts.get("gc") or {}
     if gc.get("max_pause_ms"):
         parts.append(f"longest GC pause {gc['max_pause_ms']} ms")
     return "; ".join(parts)
+
+
+def _bus_lines(sup: dict[str, Any], workers: list[dict[str, Any]]) -> list[str]:
+    """The message bus: each worker's messages, then the supervisor's relay."""
+    relay = sup.get("bus_relay")
+    if relay is None:
+        return []
+    lines = ["", f"message bus ({relay['backend']}):"]
+    for w in workers:
+        b = w.get("bus") or {}
+        lines.append(
+            f"  shard {w['shard']} (pid {w['pid']}): {b.get('out', 0)} out, {b.get('in', 0)} in, "
+            f"{b.get('delivered', 0)} delivered, {b.get('dropped', 0)} dropped, "
+            f"{b.get('subscriptions', 0)} subscriptions"
+        )
+    lines.append(
+        f"  relay: {relay['channels']} channels, {relay['subscriptions']} worker subscriptions, "
+        f"{relay['relayed']} frames relayed, {relay['dropped']} dropped (worker behind)"
+    )
+    return lines
 
 
 def render(status: dict[str, Any]) -> str:
@@ -119,10 +141,11 @@ def render(status: dict[str, Any]) -> str:
     workers = status["workers"]
     sessions = status["connections"]
     lines = [
-        f"shardd supervisor {sup['pid']}, up {_duration(sup['uptime'])}, "
+        f"shardd {'single process' if sup.get('single_process') else 'supervisor'} "
+        f"{sup['pid']}, up {_duration(sup['uptime'])}, "
         f"listening on {', '.join(sup['listen'])}"
         + (f", TLS on {', '.join(sup['listen_tls'])}" if sup.get("listen_tls") else "")
-        + f", {sup['workers']} shards"
+        + f", {count(sup['workers'], 'shard')}"
         + (f" ({sup['stopping']} stop under way)" if sup.get("stopping") else ""),
         "",
     ]
@@ -162,11 +185,12 @@ def render(status: dict[str, Any]) -> str:
     happened = _events(sup)
     if happened:
         lines += ["", f"since the start: {happened}"]
+    lines += _bus_lines(sup, workers)
     lines.append("")
     if not sessions:
         lines.append("no sessions")
     elif len(sessions) <= SESSION_ROWS:
-        lines.append(f"{len(sessions)} sessions")
+        lines.append(count(len(sessions), "session"))
         lines += _table(
             _SESSION_HEADERS, _session_rows(sorted(sessions, key=lambda s: (s["shard"], s["id"])))
         )
@@ -174,7 +198,8 @@ def render(status: dict[str, Any]) -> str:
         per_shard = Counter(s["shard"] for s in sessions)
         states = Counter(s.get("state", "?") for s in sessions)
         lines.append(
-            f"{len(sessions)} sessions: "
+            count(len(sessions), "session")
+            + ": "
             + ", ".join(f"shard {k}: {v}" for k, v in sorted(per_shard.items()))
             + "; "
             + ", ".join(f"{v} {k}" for k, v in sorted(states.items()))

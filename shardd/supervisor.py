@@ -39,8 +39,10 @@ from shardd.reloading import Answer, Reload, keep_restart_only
 from shardd.sd_notify import Notifier
 from shardd.session_options import session_options
 from shardd.shell_probe import ShellProbe
-from workers import ipc
+from workers import ipc, proctitle
 from workers.peer_table import PeerTable
+from workers.plural import count
+from workers.signal_table import NO_ACTION, log_ignored
 from workers.tls import TlsError, TlsListener, load_context
 from workers.worker import WorkerSettings, run_worker
 
@@ -98,6 +100,8 @@ _SIGNALS = (
     signal.SIGTTOU,
     signal.SIGUSR1,
     signal.SIGCHLD,
+    # logged once, then ignored (workers/signal_table.py)
+    *NO_ACTION,
 )
 
 
@@ -229,6 +233,11 @@ class Supervisor:
     def bind_shards(self) -> None:
         """Bind every shard's socket (before privileges drop: port 23 needs root)."""
         capacity = listeners.raise_fd_limit()
+        if not self.cfg.share_port:
+            for port in (self.port, self.tls_port):
+                if port is not None:
+                    self.binding = port
+                    listeners.check_unserved(self.cfg.host, port)
         try:
             for index in range(self.cfg.workers):
                 self._add_shard_socket(index)
@@ -237,9 +246,9 @@ class Supervisor:
                 _close_sockets(shard)
             raise
         log.info(
-            "file descriptor limit %d per worker, so about %d sessions each",
+            "file descriptor limit %d per worker, so about %s each",
             capacity,
-            max(0, capacity - 64),
+            count(max(0, capacity - 64), "session"),
         )
 
     def bind_control(self) -> None:
@@ -290,14 +299,15 @@ class Supervisor:
         assert self.control is not None
         host = self.cfg.host
         log.info(
-            "serving telnet on %s:%d%s (supervisor %d, %d workers, control %s)",
+            "serving telnet on %s:%d%s (supervisor %d, %s, control %s)",
             host,
             self.port,
             "" if self.tls_port is None else f" and TLS on {host}:{self.tls_port}",
             os.getpid(),
-            len(self.shards),
+            count(len(self.shards), "worker"),
             self.control.path,
         )
+        proctitle.set_title(f"supervisor {proctitle.address(host, self.port)}")
         if self.metrics is not None:
             mhost, mport = self.metrics.address
             mhost = f"[{mhost}]" if ":" in mhost else mhost
@@ -372,6 +382,9 @@ class Supervisor:
                 if logs.reopen_files():
                     log.info("log files reopened")
                 self._signal_workers(signal.SIGUSR1)
+            elif signum in NO_ACTION:
+                log_ignored(signum)
+                signal.signal(signum, signal.SIG_IGN)  # once is enough to know
             # SIGCHLD: _reap runs on every step
 
     def begin_stop(self, mode: str, why: str) -> None:
@@ -385,10 +398,10 @@ class Supervisor:
         if mode == "graceful":
             self.stop_deadline = time.monotonic() + self.cfg.graceful_timeout
             log.info(
-                "%s: graceful stop, waiting up to %.1fs for %d workers",
+                "%s: graceful stop, waiting up to %.1fs for %s",
                 why,
                 self.cfg.graceful_timeout,
-                len(self.workers),
+                count(len(self.workers), "worker"),
             )
             for handle in self.workers.values():
                 self._send(handle, ipc.STOP)
@@ -442,8 +455,9 @@ class Supervisor:
         if len(self.free_rows) < shards:
             draining = sum(1 for h in self.workers.values() if h.state == "draining")
             self._reload_failed(
-                f"{draining} old workers still drain, leaving room for {len(self.free_rows)} "
-                f"new workers, not {shards} (wait for their sessions to end, or lower "
+                f"{count(draining, 'old worker')} still draining leave room for "
+                f"{count(len(self.free_rows), 'new worker')}, not {shards} (wait for their "
+                "sessions to end, or lower "
                 "reload-timeout)"
             )
             return
@@ -471,9 +485,9 @@ class Supervisor:
         self.tell_players = "mssp" in cfg.offer
         reload.rolling = True
         log.info(
-            "reload: shell %s imports; a new worker for each of %d shards",
+            "reload: shell %s imports; a new worker for each of %s",
             cfg.shell,
-            len(self.active_shards()),
+            count(len(self.active_shards()), "shard"),
         )
         self.rolling.extend(shard.index for shard in self.active_shards())
 
@@ -508,34 +522,52 @@ class Supervisor:
         sessions = sum(self.peer_table.row_sessions(h.row) for h in old)
         timeout = self.cfg.reload_timeout
         message = (
-            f"reloaded: {reload.rolled} shards serving new workers; {sessions} sessions stay "
-            f"on old workers until they end{f' or {timeout:g} s' if timeout else ''}"
+            f"reloaded: {count(reload.rolled, 'shard')} serving new workers; "
+            f"{count(sessions, 'session')} {'stays' if sessions == 1 else 'stay'} on old "
+            "workers until they end"
+            f"{f' or {timeout:g} s' if timeout else ''}"
         )
         log.info("%s (%.2fs)", message, time.monotonic() - reload.started)
         self._end_reload(True, message)
 
-    def change_workers(self, delta: int) -> int:
+    def change_workers(self, delta: int) -> tuple[int, str | None]:
+        """Add (``delta`` > 0) or remove shards; the shards served now, and why
+        not all of ``delta`` was done (None if it was)."""
         if self.stopping:
-            return len(self.shards)
+            return len(self.active_shards()), "the server is stopping"
+        problem = None
         # a row of the shared table each; those of draining workers are taken
         room = len(self.free_rows)
         if delta > room:
-            log.warning(
-                "adding %d shards, not %d: the shared table has rows for %d more "
-                "(restart to have more)", max(room, 0), delta, max(room, 0),
-            )  # fmt: skip
+            problem = (
+                f"the shared table has rows for {max(room, 0)} more (restart with more --workers)"
+            )
+            log.warning("adding %s, not %d: %s", count(max(room, 0), "shard"), delta, problem)
             delta = max(room, 0)
         for _ in range(delta):
-            shard = self._add_shard_socket(len(self.shards))
+            try:
+                shard = self._add_shard_socket(len(self.shards))
+            except OSError as exc:  # out of file descriptors, say: the others serve on
+                problem = f"cannot listen on one more socket: {exc.strerror or exc}"
+                log.error("adding shards: %s", problem)
+                break
+            try:
+                self._spawn(shard)
+            except OSError as exc:
+                problem = f"cannot start a worker: {exc.strerror or exc}"
+                log.error("shard %d: %s; shard removed", shard.index, problem)
+                _close_sockets(shard)
+                self.shards.remove(shard)
+                break
             log.info("shard %d added", shard.index)
-            self._spawn(shard)
         for _ in range(-delta):
             active = self.active_shards()
             if len(active) <= 1:
+                problem = "a server keeps at least one shard"
                 log.warning("not removing the last shard")
                 break
             self._remove_shard(active[-1])
-        return len(self.active_shards())
+        return len(self.active_shards()), problem
 
     def active_shards(self) -> list[Shard]:
         """The shards being served: not those being removed."""
@@ -577,7 +609,13 @@ class Supervisor:
             return None
         ours, theirs = socket.socketpair()
         row = self.free_rows.pop()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            self.free_rows.append(row)
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:  # the worker
             ours.close()
             self._close_in_child(keep=shard)
@@ -592,6 +630,7 @@ class Supervisor:
                 stats_interval=self.cfg.stats_interval,
                 reopen_logs=logs.reopen,
                 tls=tls,
+                listen=proctitle.address(self.cfg.host, self.port),
             )
             run_worker(
                 settings, shard.sock, theirs, partial(session_options, self.cfg, self.started_wall)
@@ -892,10 +931,9 @@ class Supervisor:
         shard = self.shard(handle.shard)
         expected = self.stopping or handle.state in ("draining", "stopping")
         level = logging.INFO if expected else logging.ERROR
-        count, exact = lost
-        if count or not expected:
-            plural = "" if count == 1 else "s"
-            what = f"; {'' if exact else 'at least '}{count} session{plural} lost"
+        sessions, exact = lost
+        if sessions or not expected:
+            what = f"; {'' if exact else 'at least '}{count(sessions, 'session')} lost"
         else:
             what = ""
         log.log(
@@ -910,7 +948,7 @@ class Supervisor:
                 "shard": handle.shard,
                 "worker": handle.pid,
                 "exit": how,
-                "sessions_lost": count,
+                "sessions_lost": sessions,
             },
         )
         if self.rolling_new is handle:
@@ -978,8 +1016,8 @@ class Supervisor:
         if self.stopping:
             if now >= self.stop_deadline and self.workers:
                 log.warning(
-                    "stop: %d workers still running after the timeout; killing them",
-                    len(self.workers),
+                    "stop: %s still running after the timeout; killing them",
+                    count(len(self.workers), "worker"),
                 )
                 self._kill_all()
             return
@@ -1037,9 +1075,11 @@ class Supervisor:
             notifier.status(self._notify_status_line())
 
     def _notify_status_line(self) -> str:
-        line = f"{len(self.active_shards())} shards, {self.peer_table.sessions():,} sessions"
+        sessions = self.peer_table.sessions()
+        line = f"{count(len(self.active_shards()), 'shard')}, {sessions:,} session"
+        line += "" if sessions == 1 else "s"
         draining = sum(1 for h in self.workers.values() if h.state == "draining")
-        return line + (f", {draining} old workers draining" if draining else "")
+        return line + (f", {count(draining, 'old worker')} draining" if draining else "")
 
     def _roll(self, now: float) -> None:
         if self.rolling_new is not None:

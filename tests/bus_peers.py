@@ -17,17 +17,21 @@ _OPTION_VERBS = range(251, 255)  # WILL WONT DO DONT
 
 
 class BusPeer:
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", *, identify: bool = True) -> None:
+        """``identify``: ask the session's id now (else call :meth:`identify`)."""
         self.sock = socket.create_connection((host, port), timeout=10)
         self.lines: list[str] = []
         self._partial = bytearray()
         self._state = 0  # 0 data, 1 after IAC, 2 option byte, 3 in SB, 4 IAC in SB
-        self.id, self.shard, self.pid = self.identify()
+        self.id, self.shard, self.pid = "", -1, 0
+        if identify:
+            self.send("id")
+            self.identify()
 
-    def identify(self) -> tuple[str, int, int]:
-        self.send("id")
+    def identify(self) -> None:
+        """Read the answer to ``id`` (sent already)."""
         _head, session, shard, pid = self.expect("ID ").split()
-        return session, int(shard), int(pid)
+        self.id, self.shard, self.pid = session, int(shard), int(pid)
 
     def send(self, line: str) -> None:
         self.sock.sendall(line.encode() + b"\r\n")

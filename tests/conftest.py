@@ -16,11 +16,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"serving telnet on (\S+):(\d+)")
 NO_ADDRESS_LIMITS = ("--max-sessions-per-ip", "0", "--max-connect-rate-per-ip", "0")
+IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes every session gets
+IAC_WONT_TTYPE = bytes((255, 252, 24))
 
 
 def _limit_files(count: int) -> None:
@@ -112,6 +115,47 @@ def read_until(
         assert chunk, f"EOF waiting for {marker!r}; got {bytes(got)!r}"
         got += chunk
     return got
+
+
+def read_to_eof(
+    sock: socket.socket, got: bytearray | None = None, timeout: float = 10.0
+) -> bytearray:
+    """Receive into ``got`` until the server closes (EOF, or a reset); fail on timeout."""
+    got = bytearray() if got is None else got
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"not closed within {timeout}s; got {bytes(got)!r}"
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
+def start_session(
+    port: int, marker: bytes = b"> ", source: str | None = None
+) -> tuple[socket.socket, bytearray]:
+    """Connect (from ``source``, an address on loopback), refuse TTYPE so that
+    negotiation settles and the shell starts at once, and read up to ``marker``
+    (nothing past the refusal if it is empty)."""
+    sock = socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=None if source is None else (source, 0)
+    )
+    try:
+        got = read_until(sock, IAC_DO_TTYPE, bytearray())
+        sock.sendall(IAC_WONT_TTYPE)
+        if marker:
+            read_until(sock, marker, got)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, got
 
 
 class ServerProcess:
@@ -240,3 +284,17 @@ async def harness() -> AsyncIterator[Any]:
     h = Harness()
     yield h
     await h.aclose()
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps yet counts as exited)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def peer_of(sock: socket.socket) -> str:
+    """How the server names this client: host:port."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"

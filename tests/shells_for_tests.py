@@ -406,6 +406,11 @@ async def bus(reader: Any, writer: Any) -> None:
             elif command == "dropped":
                 _write(writer, f"DROPPED {slow[arg].dropped}\r\n")
                 continue
+            elif command == "garbage":  # a frame the supervisor must refuse
+                from workers import ipc
+
+                frame = ipc.pack(ipc.BUS_PUB, ch="c" * 201, sender=None, p=b"")
+                bus.hub.backend.channel.ipc.transport.write(frame)
             elif command == "quit":
                 break
             else:

@@ -28,8 +28,10 @@ from conftest import (
     ROOT,
     ServerProcess,
     connect,
+    read_to_eof,
     read_until,
     run_shardd,
+    start_session,
     wait_until,
 )
 
@@ -52,26 +54,11 @@ def worker_pid(server: ServerProcess, shard: int = 0) -> int:
     return int(match.group(1))
 
 
-def start_session(port: int) -> tuple[socket.socket, bytearray, str]:
-    """Connect, refuse TTYPE so that the shell starts at once, read its prompt."""
-    sock = connect(port)
-    got = read_until(sock, IAC_DO_TTYPE, bytearray())
-    sock.sendall(bytes((IAC, WONT, TTYPE)))
-    read_until(sock, b"> ", got)
+def start_session_and_peer(port: int) -> tuple[socket.socket, bytearray, str]:
+    """A session with the shell started (``start_session``) and how the log names its peer."""
+    sock, got = start_session(port)
     host, port_ = sock.getsockname()[:2]
     return sock, got, f"{host}:{port_}"
-
-
-def read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> bytearray:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"not closed within {timeout}s; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        chunk = sock.recv(65536)
-        if not chunk:
-            return got
-        got += chunk
 
 
 def opened(server: ServerProcess, pid: int, peer: str, shard: int = 0) -> str:
@@ -93,7 +80,7 @@ def closed(
 def test_a_session_has_an_open_and_a_close_line(serve: Any) -> None:
     server = serve("--workers", "1")
     pid = worker_pid(server)
-    sock, got, peer = start_session(server.port)
+    sock, got, peer = start_session_and_peer(server.port)
     with sock:
         session = opened(server, pid, peer)
         sent = 3  # IAC WONT TTYPE
@@ -106,7 +93,7 @@ def test_a_session_has_an_open_and_a_close_line(serve: Any) -> None:
     assert bytes_out == len(got)  # everything the shell wrote reached the client
     assert 0.0 <= duration < 10.0
     # session names count up in a worker, and name it
-    sock2, _got2, peer2 = start_session(server.port)
+    sock2, _got2, peer2 = start_session_and_peer(server.port)
     with sock2:
         second = opened(server, pid, peer2)
     assert second == f"{pid}.{int(session.split('.')[1]) + 1}"
@@ -117,12 +104,12 @@ def test_a_client_that_hangs_up_or_resets(serve: Any) -> None:
     server = serve("--workers", "1")
     pid = worker_pid(server)
     # FIN in the middle of the shell
-    sock, _got, peer = start_session(server.port)
+    sock, _got, peer = start_session_and_peer(server.port)
     session = opened(server, pid, peer)
     sock.close()
     assert closed(server, pid, session, peer)[3] == "client closed"
     # RST: SO_LINGER with a zero timeout makes close() reset the connection
-    sock, _got, peer = start_session(server.port)
+    sock, _got, peer = start_session_and_peer(server.port)
     session = opened(server, pid, peer)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -132,12 +119,12 @@ def test_a_client_that_hangs_up_or_resets(serve: Any) -> None:
 def test_idle_timeout_and_server_stop_reasons(serve: Any) -> None:
     server = serve("--workers", "1", "--idle-timeout", "1")
     pid = worker_pid(server)
-    idle, _got, idle_peer = start_session(server.port)
+    idle, _got, idle_peer = start_session_and_peer(server.port)
     with idle:
         session = opened(server, pid, idle_peer)
         _duration, _in, _out, reason = closed(server, pid, session, idle_peer)
         assert reason == "idle timeout"
-    busy, _got, busy_peer = start_session(server.port)
+    busy, _got, busy_peer = start_session_and_peer(server.port)
     with busy:
         session = opened(server, pid, busy_peer)
         assert server.stop() == 0
@@ -147,14 +134,14 @@ def test_idle_timeout_and_server_stop_reasons(serve: Any) -> None:
 def test_drain_timeout_and_fast_stop_reasons(serve: Any) -> None:
     server = serve("--workers", "1", "--reload-timeout", "1")
     old = worker_pid(server)
-    sock, _got, peer = start_session(server.port)
+    sock, _got, peer = start_session_and_peer(server.port)
     with sock:
         session = opened(server, old, peer)
         # a rolling restart: the old worker drains, and its session outlives the timeout
         assert run_shardd("reload", "--port", str(server.port)).returncode == 0
         assert closed(server, old, session, peer)[3] == "drain timeout"
     new = worker_pid_after(server, old)
-    socks = [start_session(server.port) for _ in range(2)]
+    socks = [start_session_and_peer(server.port) for _ in range(2)]
     names = [opened(server, new, peer) for _sock, _got, peer in socks]
     try:
         assert server.stop(signal.SIGQUIT) == 0
@@ -197,7 +184,7 @@ def test_output_overflow_and_shell_failure_reasons(serve: Any) -> None:
 def test_access_log_off_writes_no_session_lines(serve: Any, tmp_path: Path) -> None:
     server = serve("--workers", "1", "--access-log", "off")
     pid = worker_pid(server)
-    sock, got, _peer = start_session(server.port)
+    sock, got, _peer = start_session_and_peer(server.port)
     with sock:
         sock.sendall(b"quit\r\n")
         read_to_eof(sock, got)
@@ -210,7 +197,7 @@ def test_access_log_off_writes_no_session_lines(serve: Any, tmp_path: Path) -> N
     config.write_text('access-log = "off"\n')
     server = serve("--workers", "1", "--config", str(config))
     worker_pid(server)
-    sock, got, _peer = start_session(server.port)
+    sock, got, _peer = start_session_and_peer(server.port)
     with sock:
         sock.sendall(b"quit\r\n")
         read_to_eof(sock, got)
@@ -247,7 +234,7 @@ def test_json_lines_carry_the_session_fields(serve: Any) -> None:
     pid = started[0]["worker"]
     assert started[0]["shard"] == 0 and started[0]["pid"] == server.proc.pid
     server.wait_for_log(rf"shard 0: worker {pid} serving")
-    sock, got, peer = start_session(server.port)
+    sock, got, peer = start_session_and_peer(server.port)
     with sock:
         sock.sendall(b"quit\r\n")
         read_to_eof(sock, got)
@@ -266,7 +253,7 @@ def test_json_lines_carry_the_session_fields(serve: Any) -> None:
     assert isinstance(close_entry["duration"], float) and close_entry["duration"] >= 0
     assert close_entry["message"].startswith(f"session {pid}.1 close peer={peer} shard=0 ")
     # a worker's death: the sessions it took, as a field
-    sock, got, peer = start_session(server.port)
+    sock, got, peer = start_session_and_peer(server.port)
     with sock:
         wait_until(lambda: len(event("session_open")) == 2, 10, "the second session")
         os.kill(pid, signal.SIGKILL)
@@ -318,7 +305,7 @@ def test_a_killed_worker_names_the_sessions_it_took(serve: Any) -> None:
     socks = []
     try:
         for _ in range(3):
-            sock, _got, peer = start_session(server.port)
+            sock, _got, peer = start_session_and_peer(server.port)
             socks.append(sock)
             opened(server, pid, peer)
         os.kill(pid, signal.SIGKILL)
@@ -330,7 +317,7 @@ def test_a_killed_worker_names_the_sessions_it_took(serve: Any) -> None:
             sock.close()
     # the replacement serves, and its sessions are named by its own pid
     new_pid = worker_pid_after(server, pid)
-    sock, _got, peer = start_session(server.port)
+    sock, _got, peer = start_session_and_peer(server.port)
     with sock:
         assert opened(server, new_pid, peer) == f"{new_pid}.1"
 

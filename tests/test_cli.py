@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import connect, read_until, run_shardd
+from conftest import connect, read_to_eof, read_until, run_shardd, start_session
 
 IAC, WILL, DO, WONT, GA = 255, 251, 253, 252, 249
 ECHO, SGA = 1, 3
@@ -71,10 +71,23 @@ def test_bad_value_is_one_line_and_exit_2(args: list[str], words: list[str]) -> 
     assert result.stdout == ""
 
 
-def test_no_command_is_a_usage_error() -> None:
+def test_no_command_prints_the_help_on_stderr_and_exits_2() -> None:
+    """Like git and gunicorn: the commands there are, as a usage error (status 2)."""
     result = run_shardd()
     assert result.returncode == 2, result
-    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stdout == "", result
+    assert result.stderr.startswith("usage: shardd"), result.stderr
+    for command in ("serve", "status", "reload", "stop", "workers", "loadtest", "bench"):
+        assert command in result.stderr, command
+
+
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    result = run_shardd("--version")
+    assert result.returncode == 0, result
+    assert result.stdout == f"shardd {version('shardd')}\n", result
+    assert result.stderr == ""
 
 
 def test_port_in_use_is_one_line_and_nonzero() -> None:
@@ -91,32 +104,6 @@ def test_port_in_use_is_one_line_and_nonzero() -> None:
 
 
 # --------------------------------------------------------- running servers
-
-
-def _read_to_eof(sock: socket.socket, got: bytearray, timeout: float = 10.0) -> bytearray:
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no EOF after {timeout}s; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return got
-        if not chunk:
-            return got
-        got += chunk
-
-
-def _start_session(port: int) -> tuple[socket.socket, bytearray]:
-    """Connect, refuse TTYPE (settling negotiation at once) and read to the prompt."""
-    sock = connect(port)
-    got = read_until(sock, IAC_DO_TTYPE, bytearray())
-    sock.sendall(bytes((IAC, WONT, TTYPE)))
-    read_until(sock, b"> ", got)
-    return sock, got
 
 
 def test_encoding_false_starts_with_bytes_echo_shell(serve) -> None:
@@ -136,7 +123,7 @@ def test_encoding_false_welcome_shell(serve) -> None:
     """The default shell in a bytes session: its banner says 'encoding binary'."""
     server = serve("--encoding", "false")
     try:
-        sock, got = _start_session(server.port)
+        sock, got = start_session(server.port)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nserver log:\n{server.log_text()}") from None
     with sock:
@@ -150,13 +137,13 @@ def test_encoding_false_welcome_shell(serve) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_says_goodbye_and_exits_0(serve, sig: int) -> None:
     server = serve()
-    sock, got = _start_session(server.port)
+    sock, got = start_session(server.port)
     idle = connect(server.port)  # a second client, still negotiating
     with sock, idle:
         read_until(idle, IAC_DO_TTYPE, bytearray())
         assert server.stop(sig) == 0
-        _read_to_eof(sock, got)
-        idle_got = _read_to_eof(idle, bytearray())
+        read_to_eof(sock, got)
+        idle_got = read_to_eof(idle, bytearray())
     assert b"The server is shutting down. Goodbye.\r\n" in got, got
     assert b"shutting down" in idle_got, idle_got
     server.wait_for_log(r"INFO +\d+ shardd: stopped")
@@ -170,7 +157,7 @@ def test_sigterm_goodbye_in_bytes_session(serve) -> None:
         sock.sendall(bytes((IAC, WONT, TTYPE)) + b"ping")
         read_until(sock, b"ping", got)
         assert server.stop(signal.SIGTERM) == 0
-        _read_to_eof(sock, got)
+        read_to_eof(sock, got)
     assert b"shutting down" in got, got
 
 

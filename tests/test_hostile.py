@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ServerProcess, connect, read_until, run_shardd, wait_until
+from conftest import ServerProcess, connect, read_to_eof, read_until, run_shardd, wait_until
 
 from workers.telnet import options
 from workers.telnet.client import TelnetClientSession, Terminal
@@ -289,22 +289,6 @@ def test_a_flood_of_malformed_commands_writes_a_few_log_lines(serve: Any) -> Non
 
 
 # ------------------------------------------------ errors stay where they happen
-
-
-def read_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    got = bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"not closed within {timeout}s; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(got)
-        if not chunk:
-            return bytes(got)
-        got += chunk
 
 
 def test_partial_character_then_binary_off_does_not_escape_data_received(serve: Any) -> None:

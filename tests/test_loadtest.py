@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,20 +126,31 @@ def test_idle_reads_rss_of_given_pids(serve: Any) -> None:
     assert s["rss"]["pids"] == [server.proc.pid] and s["rss"]["holding_bytes"] > 0
 
 
-def test_idle_without_a_server_to_measure_is_refused_before_connecting(serve: Any) -> None:
-    server = serve(*ECHO)  # no supervisor, so no control socket
+def test_idle_without_a_server_to_measure_is_refused_before_connecting(
+    serve: Any, tmp_path: Path
+) -> None:
+    server = serve(*ECHO)
     result = run_shardd(
         "loadtest",
         "idle",
         "--port",
         str(server.port),
-        "--server-port",
-        str(server.port),
+        "--control",  # no server answers there
+        str(tmp_path / "nobody.sock"),
         "--sessions",
         "1",
     )
     assert result.returncode == 1
     assert "control socket" in result.stderr and result.stdout == ""
+
+
+def test_idle_measures_a_single_process_through_its_control_socket(serve: Any) -> None:
+    server = serve(*ECHO)  # --workers 0 has the control socket too
+    code, s = loadtest(
+        "idle", "--port", str(server.port), "--server-port", str(server.port), "--sessions", "2"
+    )
+    assert code == 0, s
+    assert s["rss"]["pids"] == [server.proc.pid], s
 
 
 def test_storm_arrivals_at_rate(serve: Any) -> None:

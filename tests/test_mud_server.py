@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import telnetlib3
-from conftest import async_wait_until, connect, read_until, run_shardd
+from conftest import async_wait_until, connect, read_to_eof, read_until, run_shardd
 from telnetlib3.telopt import MSDP as TL3_MSDP
 from telnetlib3.telopt import MSSP as TL3_MSSP
 from test_tls import make_cert, tls_args, tls_connect, tls_port
@@ -118,25 +118,6 @@ def offered(sock: socket.socket, hello: bytes = will(NAWS)) -> bytes:
     sock.sendall(bytes((IAC, AYT)))
     read_until(sock, b"[Yes]", got)
     return bytes(got)
-
-
-def read_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    got = bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"the server did not close; got {bytes(got)!r}"
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(got)
-        if not chunk:
-            return bytes(got)
-        got += chunk
 
 
 # ------------------------------------------------------------------ GMCP
@@ -486,7 +467,7 @@ def test_a_broken_mccp3_stream_closes_the_session_with_one_line(serve: Any) -> N
         sock.sendall(bytes((IAC, DO, MCCP3)))
         read_until(sock, b"mud ready\r\n", got)
         sock.sendall(START_MCCP3 + b"this is not zlib at all")
-        read_closed(sock)
+        read_to_eof(sock)
         port = sock.getsockname()[1]
     line = server.wait_for_log(rf"127\.0\.0\.1:{port}: MCCP3: broken compressed stream")
     assert "closing" in line.string
@@ -515,6 +496,6 @@ def test_an_mccp3_bomb_is_refused_after_a_bounded_amount(serve: Any) -> None:
         bomb = deflate.compress(bytes(64 * 2**20)) + deflate.flush(zlib.Z_SYNC_FLUSH)
         assert len(bomb) < 100_000
         sock.sendall(bytes((IAC, DO, MCCP3)) + START_MCCP3 + bomb)
-        read_closed(sock)
+        read_to_eof(sock)
         port = sock.getsockname()[1]
     server.wait_for_log(rf"127\.0\.0\.1:{port}: MCCP3: compressed stream inflates over 100 times")

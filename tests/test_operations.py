@@ -42,8 +42,10 @@ from conftest import (
     WORKER_FIELDS,
     ServerProcess,
     connect,
+    peer_of,
     read_until,
     run_shardd,
+    start_session,
     wait_until,
 )
 
@@ -217,29 +219,9 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 # ----------------------------------------------------------------- sessions
 
 
-def peer_of(sock: socket.socket) -> str:
-    """How the server names this client: host:port."""
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
-
-
 def shows(text: str, peer: str) -> bool:
     """Whether ``text`` names ``peer`` (not merely a longer address starting with it)."""
     return re.search(rf"(?<![\d.]){re.escape(peer)}(?!\d)", text) is not None
-
-
-def start_session(port: int, marker: bytes = b"> ") -> tuple[socket.socket, bytearray]:
-    """Connect, refuse TTYPE (negotiation settles at once), read up to ``marker``."""
-    sock = connect(port)
-    try:
-        got = read_until(sock, IAC_DO_TTYPE, bytearray())
-        sock.sendall(bytes((IAC, WONT, TTYPE)))
-        if marker:
-            read_until(sock, marker, got)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, got
 
 
 def echo_round_trip(port: int) -> bytes:

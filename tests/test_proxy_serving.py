@@ -187,7 +187,7 @@ def test_limits_per_address_count_the_client_behind_the_proxy(serve: Any, haprox
             got = read_until(second, b"\r\n", bytearray())
             assert got.decode().strip() == TOO_MANY_SESSIONS.strip()
             port = second.getsockname()[1]
-        server.wait_for_log(rf"127\.0\.0\.5:{port}: refused: 1 sessions from this address")
+        server.wait_for_log(rf"127\.0\.0\.5:{port}: refused: 1 session from this address")
 
         def both_shown() -> Any:
             result = run_shardd("status", "--port", str(server.port), "--json")

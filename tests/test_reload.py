@@ -8,22 +8,25 @@ changes nothing and says why.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-from conftest import ServerProcess, connect, read_until, run_shardd, wait_until
+from conftest import (
+    ServerProcess,
+    gone,
+    peer_of,
+    read_to_eof,
+    read_until,
+    run_shardd,
+    start_session,
+    wait_until,
+)
+from connect_loops import attempt_loops
 
 from shardd import control
 
-IAC, DO, WONT, TTYPE = 255, 253, 252, 24
-IAC_DO_TTYPE = bytes((IAC, DO, TTYPE))
 GOODBYE = b"The server is shutting down. Goodbye."
 
 SHELL = """
@@ -61,55 +64,9 @@ def serving(
     return found
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def session(
-    port: int, marker: bytes = b"> ", source: str = "127.0.0.1"
-) -> tuple[socket.socket, bytes]:
-    """Connect (from ``source``), refuse TTYPE, read up to ``marker``."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    try:
-        got = read_until(sock, IAC_DO_TTYPE, bytearray())
-        sock.sendall(bytes((IAC, WONT, TTYPE)))
-        if marker:
-            read_until(sock, marker, got)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, bytes(got)
-
-
 def say(sock: socket.socket, text: str, expect: str) -> None:
     sock.sendall(text.encode() + b"\r\n")
     read_until(sock, expect.encode(), bytearray())
-
-
-def read_to_eof(sock: socket.socket, timeout: float = 15.0) -> bytes:
-    got = bytearray()
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no EOF within {timeout}s; got {bytes(got)!r}"
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(got)
-        if not chunk:
-            return bytes(got)
-        got += chunk
-
-
-def peer_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 def reload(server: ServerProcess) -> Any:
@@ -129,7 +86,7 @@ def test_reload_imports_the_changed_shell_and_old_sessions_keep_theirs(
         "--stats-interval", "0.2", cwd=tmp_path,
     )  # fmt: skip
     old = serving(server, 2)
-    old_sock, got = session(server.port)
+    old_sock, got = start_session(server.port)
     with old_sock:
         assert b"version one" in got
         say(old_sock, "a", "v1: a")
@@ -140,12 +97,12 @@ def test_reload_imports_the_changed_shell_and_old_sessions_keep_theirs(
         assert result.returncode == 0, result
         assert result.stdout == (
             "shardd: reloaded: 2 shards serving new workers; "
-            "1 sessions stay on old workers until they end or 86400 s\n"
+            "1 session stays on old workers until they end or 86400 s\n"
         ), result
         new = serving(server, 2, not_pids=set(old.values()))
 
         for _ in range(4):  # whichever shard takes it
-            new_sock, got = session(server.port)
+            new_sock, got = start_session(server.port)
             with new_sock:
                 assert b"version two, longer" in got, got
                 say(new_sock, "b", "v2: b")
@@ -173,7 +130,7 @@ def test_reload_reads_the_config_again_and_the_flags_still_win(serve: Any, tmp_p
     # the fixture's own flags include --max-sessions-per-ip 0
     server = serve("--workers", "2", "--config", str(config))
     old = serving(server, 2)
-    sock, got = session(server.port)
+    sock, got = start_session(server.port)
     sock.close()
     assert b"Welcome to shardd." in got
 
@@ -187,13 +144,13 @@ def test_reload_reads_the_config_again_and_the_flags_still_win(serve: Any, tmp_p
         r"it needs a restart, keeping 4096"
     )
     # the file's shell and idle timeout; the flag's limit per address (none), not the file's 1
-    first, _got = session(server.port, marker=b"")
-    second, _got = session(server.port, marker=b"")
+    first, _got = start_session(server.port, marker=b"")
+    second, _got = start_session(server.port, marker=b"")
     with first, second:
         say(first, "ping", "ping")
         say(second, "pong", "pong")
-        assert b"idle too long" in read_to_eof(first)
-        assert b"idle too long" in read_to_eof(second)
+        assert b"idle too long" in read_to_eof(first, timeout=15)
+        assert b"idle too long" in read_to_eof(second, timeout=15)
 
 
 def test_a_reload_that_cannot_be_done_changes_nothing_and_says_why(
@@ -203,7 +160,7 @@ def test_a_reload_that_cannot_be_done_changes_nothing_and_says_why(
     config.write_text('shell = "echo"\n')
     server = serve("--workers", "2", "--config", str(config), cwd=tmp_path)
     old = serving(server, 2)
-    sock, _got = session(server.port, marker=b"")
+    sock, _got = start_session(server.port, marker=b"")
     with sock:
         say(sock, "before", "before")
 
@@ -228,7 +185,7 @@ def test_a_reload_that_cannot_be_done_changes_nothing_and_says_why(
 
         assert serving(server, 2) == old  # the same workers, still serving
         say(sock, "after", "after")
-        fresh, _got = session(server.port, marker=b"")
+        fresh, _got = start_session(server.port, marker=b"")
         with fresh:
             say(fresh, "fresh", "fresh")
 
@@ -245,15 +202,15 @@ def test_a_reload_that_cannot_be_done_changes_nothing_and_says_why(
 def test_reload_timeout_says_goodbye_to_old_sessions(serve: Any) -> None:
     server = serve("--workers", "2", "--shell", "echo", "--reload-timeout", "1")
     old = serving(server, 2)
-    sock, _got = session(server.port, marker=b"")
+    sock, _got = start_session(server.port, marker=b"")
     with sock:
         say(sock, "hello", "hello")
         result = reload(server)
         assert result.returncode == 0, result
         assert result.stdout.endswith("until they end or 1 s\n"), result
-        assert GOODBYE in read_to_eof(sock)
+        assert GOODBYE in read_to_eof(sock, timeout=15)
     wait_until(lambda: all(gone(pid) for pid in old.values()), 15, "the old workers gone")
-    fresh, _got = session(server.port, marker=b"")
+    fresh, _got = start_session(server.port, marker=b"")
     with fresh:
         say(fresh, "new", "new")
 
@@ -261,59 +218,27 @@ def test_reload_timeout_says_goodbye_to_old_sessions(serve: Any) -> None:
 # ------------------------------------------- sessions kept, connects served
 
 
-class ConnectLoop(threading.Thread):
-    """Connect, read the first bytes, close, over and over, until stopped."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.ok = 0
-        self.failures: list[str] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                with connect(self.port) as sock:
-                    read_until(sock, IAC_DO_TTYPE, bytearray(), timeout=5)
-                self.ok += 1
-            except (OSError, AssertionError) as exc:
-                self.failures.append(repr(exc))
-
-
-@contextlib.contextmanager
-def connect_loops(port: int, count: int) -> Iterator[list[ConnectLoop]]:
-    loops = [ConnectLoop(port) for _ in range(count)]
-    for loop in loops:
-        loop.start()
-    try:
-        yield loops
-    finally:
-        for loop in loops:
-            loop.done.set()
-        for loop in loops:
-            loop.join(10)
-
-
 def test_two_reloads_keep_every_session_and_refuse_no_connection(serve: Any) -> None:
     server = serve("--workers", "2", "--shell", "echo", "--stats-interval", "0.2")
     first = serving(server, 2)
     sources = [f"127.0.0.{n}" for n in range(2, 6)]
-    socks = [session(server.port, b"", sources[n % 4])[0] for n in range(40)]
+    socks = [start_session(server.port, b"", sources[n % 4])[0] for n in range(40)]
     try:
-        with connect_loops(server.port, 2) as loops:
+        with attempt_loops(server.port, 2) as loops:
             wait_until(lambda: all(loop.ok >= 20 for loop in loops), 20, "the loops to run")
             result = reload(server)
             assert result.returncode == 0, result
-            # and perhaps a loop's connection, counted as the old worker stopped accepting
+            # and perhaps a few of the loops' connections: a loop closes its
+            # connection and opens the next at once, and the old worker counts
+            # the closed one until it has read its FIN
             kept = re.search(r"; (\d+) sessions stay on old workers", result.stdout)
-            assert kept and 40 <= int(kept[1]) <= 42, result
+            assert kept and 40 <= int(kept[1]) <= 50, result
             second = serving(server, 2, not_pids=set(first.values()))
             # a second generation while the first still drains: three per shard
             result = reload(server)
             assert result.returncode == 0, result
             kept = re.search(r"; (\d+) sessions stay on old workers", result.stdout)
-            assert kept and 40 <= int(kept[1]) <= 42, result
+            assert kept and 40 <= int(kept[1]) <= 50, result
             serving(server, 2, not_pids={*first.values(), *second.values()})
             at_reload = [loop.ok for loop in loops]
             wait_until(
@@ -340,9 +265,9 @@ def test_two_reloads_keep_every_session_and_refuse_no_connection(serve: Any) -> 
 def test_a_stop_during_a_drain_says_goodbye_to_old_sessions(serve: Any) -> None:
     server = serve("--workers", "2", "--shell", "echo")
     serving(server, 2)
-    sock, _got = session(server.port, marker=b"")
+    sock, _got = start_session(server.port, marker=b"")
     with sock:
         assert reload(server).returncode == 0
         server.proc.terminate()
-        assert GOODBYE in read_to_eof(sock)
+        assert GOODBYE in read_to_eof(sock, timeout=15)
     assert server.proc.wait(15) == 0

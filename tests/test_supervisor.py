@@ -9,7 +9,6 @@ loop a bound; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import json
@@ -17,27 +16,29 @@ import os
 import re
 import signal
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 from conftest import (
     CONNECTION_FIELDS,
+    IAC_DO_TTYPE,
     WORKER_FIELDS,
     ServerProcess,
     async_wait_until,
+    gone,
+    peer_of,
+    read_to_eof,
     run_shardd,
     wait_until,
 )
+from connect_loops import ATTEMPT_ERRORS, attempt, attempt_loops, open_attempt
 
 from shardd import control
 
 HOST = "127.0.0.1"
-IAC_DO_TTYPE = bytes((255, 253, 24))  # the first bytes a session gets
-WORKER_TITLE = "shardd: worker shard {}"
+WORKER_TITLE = "shardd: worker shard {} 127.0.0.1:{}"
 
 
 # ------------------------------------------------------------------ helpers
@@ -75,82 +76,6 @@ def all_serving(server: ServerProcess, count: int) -> dict[str, Any] | None:
     ):
         return st
     return None
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie nobody reaps yet counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def open_attempt(port: int, timeout: float = 5.0) -> socket.socket:
-    """Connect and receive the first bytes the server sends; the caller closes.
-
-    Raises OSError (refused, reset, timed out, EOF) or ValueError (wrong bytes).
-    """
-    sock = socket.create_connection((HOST, port), timeout=timeout)
-    try:
-        deadline = time.monotonic() + timeout
-        data = b""
-        while len(data) < len(IAC_DO_TTYPE):
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = sock.recv(len(IAC_DO_TTYPE) - len(data))
-            if not chunk:
-                raise ConnectionError("connection closed before the first bytes")
-            data += chunk
-        if data != IAC_DO_TTYPE:
-            raise ValueError(f"first bytes {data!r}, expected {IAC_DO_TTYPE!r}")
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def attempt(port: int) -> None:
-    open_attempt(port).close()
-
-
-ATTEMPT_ERRORS = (OSError, ValueError)
-
-
-class AttemptLoop(threading.Thread):
-    """Sequential attempts (connect, first bytes, close) until stopped or bounded."""
-
-    def __init__(self, port: int, limit: int = 20_000) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.failures: list[str] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set() and self.ok + len(self.failures) < self.limit:
-            try:
-                attempt(self.port)
-            except ATTEMPT_ERRORS as exc:
-                self.failures.append(repr(exc))
-            else:
-                self.ok += 1
-
-    def finish(self) -> None:
-        self.stopping.set()
-        self.join(10)
-        assert not self.is_alive(), "attempt loop did not stop"
-
-
-@contextlib.contextmanager
-def attempt_loops(port: int, count: int) -> Iterator[list[AttemptLoop]]:
-    loops = [AttemptLoop(port) for _ in range(count)]
-    for loop in loops:
-        loop.start()
-    try:
-        yield loops
-    finally:
-        for loop in loops:
-            loop.finish()
 
 
 def served_by(sock: socket.socket, candidates: list[psutil.Process]) -> int | None:
@@ -193,24 +118,6 @@ def recv_until(sock: socket.socket, token: bytes, timeout: float = 5.0) -> bytes
     return data
 
 
-def recv_to_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Everything until the server closes; a reset counts as the end too."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"no EOF within {timeout}s; got {data!r}")
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except ConnectionResetError:
-            return data
-        if not chunk:
-            return data
-        data += chunk
-
-
 def echo_round_trip(sock: socket.socket, token: bytes) -> None:
     sock.sendall(token)
     recv_until(sock, token)
@@ -226,11 +133,6 @@ def open_sessions(port: int, count: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
-
-
-def peer_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 # ------------------------------------------------ 1. sessions and statistics
@@ -513,7 +415,7 @@ def test_sigterm_says_goodbye_and_exits_0(serve: Any) -> None:
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         for n, sock in enumerate(sessions):
-            text = recv_to_eof(sock, graceful + 5)
+            text = read_to_eof(sock, timeout=graceful + 5)
             assert b"shutting down" in text, (n, text[-200:])
         code = server.proc.wait(graceful + 5)
         elapsed = time.monotonic() - started
@@ -697,7 +599,7 @@ def test_ttin_adds_a_shard_and_ttou_removes_one(serve: Any) -> None:
     three = {w["shard"]: w["pid"] for w in grown["workers"]}
     assert {s: three[s] for s in before} == before  # the old shards were left alone
     for shard, pid in three.items():
-        assert _title(pid) == WORKER_TITLE.format(shard), (shard, pid, _title(pid))
+        assert _title(pid) == WORKER_TITLE.format(shard, server.port), (shard, pid, _title(pid))
         assert psutil.Process(pid).ppid() == server.proc.pid
     until_worker_accepts(server, 2, three[2])
 
@@ -726,7 +628,7 @@ def test_sigquit_stops_fast(serve: Any) -> None:
         code = server.proc.wait(10)
         elapsed = time.monotonic() - started
         for sock in sessions:
-            recv_to_eof(sock, 5)  # dropped, not kept open
+            read_to_eof(sock, timeout=5)  # dropped, not kept open
     finally:
         for sock in sessions:
             sock.close()

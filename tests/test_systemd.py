@@ -99,7 +99,7 @@ def test_the_supervisor_notifies_ready_status_watchdog_reloading_stopping(
 
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             read_until(sock, IAC_DO_TTYPE, bytearray())
-            wait_until(lambda: notify.with_field("STATUS", "2 shards, 1 sessions"), 10, "1 session")
+            wait_until(lambda: notify.with_field("STATUS", "2 shards, 1 session"), 10, "1 session")
             before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             result = run_shardd("reload", "--control", str(path))
             after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -113,7 +113,7 @@ def test_the_supervisor_notifies_ready_status_watchdog_reloading_stopping(
             done = _index(notify, "READY", after=reloading)
             assert done is not None, notify.seen()
             # the old worker with no session may or may not have left yet
-            assert notify.seen()[done][2]["STATUS"].startswith("2 shards, 1 sessions, ")
+            assert notify.seen()[done][2]["STATUS"].startswith("2 shards, 1 session, ")
 
         server.proc.terminate()
         assert server.proc.wait(15) == 0

@@ -410,7 +410,7 @@ def test_refusal_on_the_tls_port_closes_without_a_line(serve: Any, certs: dict[s
         with plain:
             got = read_until(plain, b"\r\n", bytearray())
         assert got.decode().strip() == TOO_MANY_SESSIONS.strip()
-    server.wait_for_log(r"refused: 1 sessions from this address")
+    server.wait_for_log(r"refused: 1 session from this address")
 
 
 def test_loadtest_client_speaks_tls(serve: Any, certs: dict[str, Cert]) -> None:

@@ -85,54 +85,49 @@ class AccessLog:
     def name(self, session_id: int) -> str:
         return f"{self.pid}.{session_id}"
 
+    def _named(self, protocol: BaseServer, event: str) -> tuple[str, str, object, dict[str, Any]]:
+        """What the open and the close line both name: the session, the peer and
+        the shard as the text shows them, and the JSON fields they share."""
+        host, port = split_peer(protocol.get_extra_info("peername"))
+        session = self.name(protocol.session_id)
+        shard = protocol.get_extra_info("shard")
+        fields = {
+            "event": event,
+            "session": session,
+            "peer": host,
+            "peer_port": port,
+            "shard": shard,
+        }
+        return session, show_peer(host, port), "-" if shard is None else shard, fields
+
     def opened(self, protocol: BaseServer) -> None:
         log = self.log
         if not log.isEnabledFor(logging.INFO):
             return
-        host, port = split_peer(protocol.get_extra_info("peername"))
-        session = self.name(protocol.session_id)
-        shard = protocol.get_extra_info("shard")
-        log.info(
-            "session %s open peer=%s shard=%s",
-            session,
-            show_peer(host, port),
-            "-" if shard is None else shard,
-            extra={
-                "event": "session_open",
-                "session": session,
-                "peer": host,
-                "peer_port": port,
-                "shard": shard,
-            },
-        )
+        session, peer, shard, fields = self._named(protocol, "session_open")
+        log.info("session %s open peer=%s shard=%s", session, peer, shard, extra=fields)
 
     def closed(self, protocol: BaseServer) -> None:
         log = self.log
         if not log.isEnabledFor(logging.INFO):
             return
-        host, port = split_peer(protocol.get_extra_info("peername"))
-        session = self.name(protocol.session_id)
-        shard = protocol.get_extra_info("shard")
+        session, peer, shard, fields = self._named(protocol, "session_close")
         duration = round(protocol.duration, 3)
         reason = protocol.close_reason or CLIENT_CLOSED
+        fields.update(
+            duration=duration,
+            bytes_in=protocol.rx_bytes,
+            bytes_out=protocol.tx_bytes,
+            reason=reason,
+        )
         log.info(
             'session %s close peer=%s shard=%s duration=%.3fs in=%d out=%d reason="%s"',
             session,
-            show_peer(host, port),
-            "-" if shard is None else shard,
+            peer,
+            shard,
             duration,
             protocol.rx_bytes,
             protocol.tx_bytes,
             reason,
-            extra={
-                "event": "session_close",
-                "session": session,
-                "peer": host,
-                "peer_port": port,
-                "shard": shard,
-                "duration": duration,
-                "bytes_in": protocol.rx_bytes,
-                "bytes_out": protocol.tx_bytes,
-                "reason": reason,
-            },
+            extra=fields,
         )

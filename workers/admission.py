@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from workers.arrival import Arrival, Refusal
 from workers.log_limits import PROTOCOL_WARNINGS
 from workers.peer_table import PeerCounts
+from workers.plural import count
 
 if TYPE_CHECKING:
     from workers.serving import Server
@@ -78,14 +79,13 @@ class Admission:
             self._at_limit(f"{in_use} of {self.fd_limit} file descriptors in use")
             return self._refuse(arrival, "fds", SERVER_FULL, "no file descriptors to spare")
         if limits.max_sessions and counts.sessions() >= limits.max_sessions:
-            self._at_limit(f"{limits.max_sessions} sessions, the --max-sessions limit")
+            self._at_limit(f"{count(limits.max_sessions, 'session')}, the --max-sessions limit")
             return self._refuse(arrival, "full", SERVER_FULL, "the server is full")
         if limits.max_sessions_per_ip:
             held = counts.host_sessions(host)
             if held >= limits.max_sessions_per_ip:
-                return self._refuse(
-                    arrival, "per_ip", TOO_MANY_SESSIONS, f"{held} sessions from this address"
-                )
+                why = f"{count(held, 'session')} from this address"
+                return self._refuse(arrival, "per_ip", TOO_MANY_SESSIONS, why)
         counts.add_session(host)
         return None
 

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from workers import ipc
+from workers.plural import count
 from workers.server_base import BaseServer
 from workers.serving import Server, StopMode
 
@@ -134,11 +135,11 @@ class SupervisorChannel:
 
     def stopping(self, mode: StopMode, sessions: int) -> None:
         log.info(
-            "shard %d: worker %d %s, %d sessions",
+            "shard %d: worker %d %s, %s",
             self.shard,
             os.getpid(),
             _WINDING_DOWN[mode],
-            sessions,
+            count(sessions, "session"),
         )
         if self.ipc is not None:
             self.ipc.send(ipc.STOPPING, sessions=sessions)
@@ -241,7 +242,7 @@ class SupervisorChannel:
             opened: list[list[Any]] = []
             changed: list[list[Any]] = []
             for protocol, session_id in live[start : start + step]:
-                entry = _entry(protocol, session_id)
+                entry = session_entry(protocol, session_id)
                 if entry is None:
                     continue
                 previous = reported.get(session_id)
@@ -271,7 +272,7 @@ class SupervisorChannel:
         )
 
 
-def _entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
+def session_entry(protocol: BaseServer, session_id: int) -> list[Any] | None:
     """A session's values in the order of ``ipc.SESSION_FIELDS``; None once it is gone."""
     if protocol._when_connected is None or protocol.closed:
         return None

@@ -36,11 +36,13 @@ from workers import access_log
 from workers.access_log import AccessLog
 from workers.admission import Admission, AdmissionLimits
 from workers.arrival import AdmissionCheck, Arrival, Stage
+from workers.bus import hub as bus_hub
 from workers.bus.hub import BusHub
 from workers.gc_watch import GcPolicy
 from workers.limits import DEFAULT_LIMITS, SessionLimits
 from workers.mud import DEFAULT_MUD, MudOptions, MudServer
 from workers.peer_table import PeerCounts, PeerTable
+from workers.plural import count
 from workers.proxy_stage import ProxyHeaderStage, ProxySettings
 from workers.server import TelnetServer
 from workers.server_base import BaseServer
@@ -279,6 +281,7 @@ class Server:
         self.arriving = 0
         self._listeners: list[asyncio.AbstractServer] = []
         self._stop_mode: asyncio.Future[StopMode] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         #: how long a drain lets sessions go on (the supervisor sends its
         #: reload timeout with ``drain``); 0: until they end
         self.drain_timeout = settings.graceful_timeout
@@ -326,11 +329,10 @@ class Server:
                     )
                 )
             channel.serving()
-            idle = self._close_idle() if self.settings.idle_timeout else None
-            sweeper = loop.create_task(idle) if idle is not None else None
+            self._start_sweeper()
             mode = await self._stop_mode
-            if sweeper is not None:
-                sweeper.cancel()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             # closes only this process's copy of the sockets: a supervisor keeps its own
             for listener in self._listeners:
                 listener.close()
@@ -343,6 +345,37 @@ class Server:
             gc_policy.remove()
             for signum in signals:
                 loop.remove_signal_handler(signum)
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = None
+        if self.settings.idle_timeout:
+            self._sweeper = asyncio.get_running_loop().create_task(self._close_idle())
+
+    def reconfigure(
+        self,
+        opts: SessionOptions,
+        settings: ServerSettings,
+        tls: TlsListener | None = None,
+    ) -> None:
+        """Serve with new settings from now on, without a restart (a single
+        process's reload): sessions opened from now on are built with ``opts``
+        (existing ones keep what they were built with); the admission limits,
+        the idle and graceful timeouts of ``settings`` apply at once; ``tls``:
+        the certificate and handshake timeout for handshakes from now on (its
+        socket must be the one served). Backlog and the garbage collector's
+        management stay as they were."""
+        self.sessions.opts = opts
+        self.settings = settings
+        self.graceful_timeout = settings.graceful_timeout
+        if isinstance(self.admit, Admission):
+            self.admit.limits = settings.admission
+        if tls is not None and self.tls is not None:
+            self.tls = tls
+            self._handshake = Handshake(tls.context, tls.handshake_timeout)
+        if self.listening:
+            self._start_sweeper()
 
     @property
     def bus(self) -> BusHub:
@@ -385,6 +418,8 @@ class Server:
         """What happened in this server so far: refusals by reason, then session events."""
         counts = {f"refused:{reason}": n for reason, n in self.refused.items()}
         counts.update(self.sessions.counters)
+        # a gauge among counters: status and metrics take it from live workers only
+        counts[bus_hub.SUBSCRIPTIONS] = self.bus.subscription_count
         return counts
 
     def stop(self, mode: StopMode = "stop") -> None:
@@ -431,7 +466,9 @@ class Server:
         if emptied.result():
             return "drain", False
         log.info(
-            "drain timeout (%gs) passed: closing %d sessions", timeout, len(self.sessions.live)
+            "drain timeout (%gs) passed: closing %s",
+            timeout,
+            count(len(self.sessions.live), "session"),
         )
         return "stop", True
 

@@ -69,12 +69,11 @@ def render(message: Message) -> str | None:
     data = message.data
     if not isinstance(data, dict):
         return None
-    kind, name = data.get("kind"), data.get("name")
-    room, text = data.get("room", ""), data.get("text", "")
-    if not all(isinstance(value, str) for value in (kind, name, room, text)):
+    fields = [data.get(key, "") for key in ("kind", "name", "room", "text")]
+    if not all(isinstance(value, str) for value in fields):
         return None
-    name, room = clean(name)[:20], clean(room)[:20]
-    text = clean(text)[:MAX_TEXT]
+    kind, name, room, text = (clean(str(value)) for value in fields)
+    name, room, text = name[:20], room[:20], text[:MAX_TEXT]
     lines = {
         "say": f"[{room}] {name} says: {text}",
         "shout": f"{name} shouts: {text}",
@@ -82,7 +81,7 @@ def render(message: Message) -> str | None:
         "join": f"{name} joins {room}.",
         "leave": f"{name} leaves {room}.",
     }
-    return lines.get(str(kind))
+    return lines.get(kind)
 
 
 def clean(text: str) -> str:

@@ -24,14 +24,10 @@ import uvloop
 
 from workers.channel import SupervisorChannel
 from workers.peer_table import PeerTable
+from workers.proctitle import set_title
 from workers.serving import Server, ServerSettings, SessionOptions
+from workers.signal_table import NO_ACTION
 from workers.tls import TlsListener
-
-_set_title: Callable[[str], None] | None
-try:  # optional; imported here, before the fork and any privilege drop
-    from setproctitle import setproctitle as _set_title
-except ImportError:
-    _set_title = None
 
 log = logging.getLogger("shardd.worker")
 
@@ -45,17 +41,18 @@ SIGNAL_DISPOSITIONS: dict[signal.Signals, signal.Handlers] = {
     signal.SIGQUIT: signal.SIG_DFL,
     signal.SIGUSR1: signal.SIG_DFL,
     signal.SIGCHLD: signal.SIG_DFL,
-    # Ctrl-C, a hangup, job control in a terminal, or an operator's
-    # `pkill -USR2 shardd` reach the whole process group: the supervisor
-    # decides what they mean, so a worker ignores them.
+    # Ctrl-C, a hangup or job control in a terminal reach the whole process
+    # group: the supervisor decides what they mean, so a worker ignores them.
     signal.SIGINT: signal.SIG_IGN,
     signal.SIGHUP: signal.SIG_IGN,
     signal.SIGTTIN: signal.SIG_IGN,
     signal.SIGTTOU: signal.SIG_IGN,
-    signal.SIGUSR2: signal.SIG_IGN,
     # A write to a client that hung up must be an EPIPE error for that one
     # session, never a kill of every session of the worker.
     signal.SIGPIPE: signal.SIG_IGN,
+    # USR2 and the others nobody acts on (workers/signal_table.py): the
+    # supervisor logs the first of each; a worker just goes on.
+    **dict.fromkeys(NO_ACTION, signal.SIG_IGN),
 }
 
 
@@ -71,6 +68,8 @@ class WorkerSettings:
     reopen_logs: Callable[[], None] | None = None
     #: the shard's TLS socket and the certificate as the supervisor last read it
     tls: TlsListener | None = None
+    #: the address it serves, host:port, for its process title
+    listen: str = ""
 
 
 def run_worker(
@@ -88,7 +87,7 @@ def run_worker(
     """
     code = 0
     try:
-        _reset_inherited_state(settings.shard)
+        _reset_inherited_state(settings.shard, settings.listen)
         try:
             opts = make_opts()
         except ValueError as exc:  # the one line that says what is wrong
@@ -106,7 +105,7 @@ def run_worker(
         os._exit(code)
 
 
-def _reset_inherited_state(shard: int) -> None:
+def _reset_inherited_state(shard: int, listen: str) -> None:
     for signum, disposition in SIGNAL_DISPOSITIONS.items():
         signal.signal(signum, disposition)
     # Python keeps the parent's wakeup fd across fork: the parent's handlers
@@ -116,8 +115,7 @@ def _reset_inherited_state(shard: int) -> None:
     _set_parent_death_signal()
     if os.getppid() != parent:  # the supervisor died before prctl took effect
         os._exit(1)
-    if _set_title is not None:
-        _set_title(f"shardd: worker shard {shard}")
+    set_title(f"worker shard {shard} {listen}".rstrip())
 
 
 def _set_parent_death_signal() -> None:

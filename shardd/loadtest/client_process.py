@@ -21,6 +21,7 @@ import uvloop
 from shardd.loadtest.hooks import Hooks
 from shardd.loadtest.plan import Plan
 from shardd.loadtest.results import Result
+from workers.proctitle import set_title
 
 SNAPSHOT_EVERY = 0.5
 # what the parent writes down the pipe
@@ -85,6 +86,7 @@ class PipeHooks(Hooks):
 
 def main(plan: Plan, index: int, up: int, down: int) -> int:
     """A client process: its share of the run, the result sent up the pipe."""
+    set_title(f"loadtest client {index}")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

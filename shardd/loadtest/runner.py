@@ -62,8 +62,19 @@ class _Child:
     status: int | None = None
 
 
-def _fork_clients(plan: Plan) -> list[_Child]:
-    children: list[_Child] = []
+#: what the parent passes on to its client processes, then waits for them
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _fork_clients(plan: Plan, children: list[_Child]) -> None:
+    """Fork the client processes into ``children``, with FORWARDED blocked.
+
+    The parent's handlers (:meth:`_Coordinator.interrupt`) must not run in a
+    child, so a child puts its own dispositions in place before it unblocks
+    them: TERM ends a client that has no loop yet, INT waits for the one its
+    loop installs (a Ctrl-C reaches the whole process group; the parent
+    decides).
+    """
     sys.stdout.flush()
     sys.stderr.flush()
     for index in range(plan.procs):
@@ -73,6 +84,9 @@ def _fork_clients(plan: Plan) -> list[_Child]:
         if pid == 0:  # the client process
             code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
                 for child in children:
                     os.close(child.up)
                     os.close(child.down)
@@ -86,7 +100,6 @@ def _fork_clients(plan: Plan) -> list[_Child]:
         os.close(up_w)
         os.close(down_r)
         children.append(_Child(index, pid, up_r, down_w))
-    return children
 
 
 class _Coordinator:
@@ -106,12 +119,14 @@ class _Coordinator:
         self._next_round: float | None = None  # when to ask the clients again
         self._verified = False
 
-    def interrupt(self, _signum: int, _frame: Any) -> None:
+    def interrupt(self, signum: int, _frame: Any) -> None:
+        """SIGINT or SIGTERM: passed on to every client process, which stops and
+        reports; a second one kills them. Either way the run waits for them."""
         self.interrupts += 1
         for child in self.children:
             if child.status is None:
                 try:
-                    os.kill(child.pid, signal.SIGINT if self.interrupts == 1 else signal.SIGKILL)
+                    os.kill(child.pid, signum if self.interrupts == 1 else signal.SIGKILL)
                 except ProcessLookupError:
                     pass
 
@@ -363,15 +378,23 @@ def run(plan: Plan) -> Outcome:
         before_pids, rss_before = _server_rss(plan)  # no server: nothing opened yet
     watched = plan.control_path if plan.scenario.watch_workers is not None else None
     workers_before = _workers(watched) if watched is not None else []
-    # a Ctrl-C while forking must not kill a half-started client; each sets its own
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # INT and TERM are passed on to the client processes, and the run waits
+    # for them: none outlives it. Blocked while forking, so that one arriving
+    # then reaches every client forked so far, once they are all there.
+    coordinator = _Coordinator(plan, [])
+    previous = {signum: signal.getsignal(signum) for signum in FORWARDED}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     try:
-        children = _fork_clients(plan)
-        coordinator = _Coordinator(plan, children)
-        signal.signal(signal.SIGINT, coordinator.interrupt)
+        for signum in FORWARDED:
+            signal.signal(signum, coordinator.interrupt)
+        try:
+            _fork_clients(plan, coordinator.children)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         coordinator.run()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     for child in coordinator.children:
         if child.error:
             print(

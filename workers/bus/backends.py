@@ -21,6 +21,11 @@ LOCAL = "local"
 REDIS_SCHEME = "redis://"
 
 
+def backend_label(spec: str) -> str:
+    """The backend's name for status and metrics (never the URL: it may hold a password)."""
+    return "redis" if spec.startswith(REDIS_SCHEME) else LOCAL
+
+
 def valid_spec(spec: str) -> bool:
     """Whether ``spec`` names a backend: ``local`` or a ``redis://`` URL."""
     return spec == LOCAL or (spec.startswith(REDIS_SCHEME) and len(spec) > len(REDIS_SCHEME))
