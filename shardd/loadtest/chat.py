@@ -123,6 +123,9 @@ class ChatResult(Result):
                 known[1] = max(known[1], at)
         latency = Latencies()
         expected = receipts = delivered = lost = duplicates = 0
+        # where the losses were: a room that lost a member's subscription loses
+        # every line after; a queue that overflowed loses a few here and there
+        lost_rooms: set[int] = set()
         for key, sent_at in self.sent:
             sender = int(key) >> SEQ_BITS
             others = per_room[sender // self.room_size] - 1
@@ -136,6 +139,7 @@ class ChatResult(Result):
                     latency.add(max(last - sent_at, 0.0))
             else:
                 lost += 1
+                lost_rooms.add(sender // self.room_size)
         # heard, yet said by nobody of the run: a process's sends are missing
         stray = self.stray + sum(int(c) for c, _at in heard.values())
         failures = Counter(self.failures)
@@ -160,6 +164,7 @@ class ChatResult(Result):
             "delivered": delivered,
             "lost": lost,
             "lost_pct": round(100 * lost / sent, 3) if sent else 0.0,
+            "rooms_with_losses": len(lost_rooms),
             "duplicates": duplicates,
             "out_of_order": self.out_of_order,
             "stray": stray,
@@ -318,7 +323,8 @@ def _rows(s: dict[str, Any]) -> Rows:
         ("delivery ms", format_ms(s["latency_ms"])),
         (
             "delivered",
-            f"{s['delivered']} to every member, {s['lost']} lost ({s['lost_pct']:g}%)",
+            f"{s['delivered']} to every member, {s['lost']} lost ({s['lost_pct']:g}%)"
+            + (f" in {s['rooms_with_losses']} rooms" if s["lost"] else ""),
         ),
         (
             "order",
