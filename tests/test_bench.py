@@ -33,7 +33,10 @@ def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
     for name, figures in report["median"].items():
         assert set(figures) == set(SCENARIOS), name
         for scenario, value in figures.items():
-            if scenario == "idle" and name == "uvloop-protocol":
+            if SCENARIOS[scenario].case.shell is not None and CONTENDERS[name].anchor:
+                # the talker's chat: an anchor has no such shell, and no figure
+                assert value is None, (name, scenario, value)
+            elif scenario == "idle" and name == "uvloop-protocol":
                 # a bare protocol's sessions can be smaller than RSS granularity
                 assert value is not None and not math.isnan(value)
             else:
@@ -50,7 +53,10 @@ def test_small_bench_reports_every_contender_scenario_and_ratio() -> None:
     assert sum(balance["sessions"][0]) == 100 and len(balance["sessions"][0]) == 2
     assert report["machine"]["cpus"] >= 1
     # every run of the round is there, each from the load-test client's own summary
-    assert len(report["runs"]) == len(CONTENDERS) * len(SCENARIOS)
+    # (the chat column only for shardd: the anchors serve no talker)
+    anchors = sum(1 for c in CONTENDERS.values() if c.anchor)
+    shells = sum(1 for s in SCENARIOS.values() if s.case.shell is not None)
+    assert len(report["runs"]) == len(CONTENDERS) * len(SCENARIOS) - anchors * shells
     assert all(run["summary"]["failures_total"] == 0 for run in report["runs"])
 
 
@@ -77,6 +83,21 @@ def test_bench_table_names_the_ratios() -> None:
     header = lines[lines.index("shardd-1w ratios") + 1]
     assert header.split() == ["against", "echo-64", "connect"]
     assert "idle" not in result.stdout
+
+
+def test_bench_chat_column_is_shardds_alone() -> None:
+    result = run_shardd(
+        "bench", "--rounds", "1", "--duration", "1", "--contenders", "shardd-1w,uvloop-protocol",
+        "--scenarios", "chat-p99", timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "chat: 200 talker players in rooms of 20" in lines[1]
+    header = next(line for line in lines if line.startswith("contender"))
+    assert header.split() == ["contender", "chat-p99", "(ms)"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index(header) + 1 :][:2]}
+    assert float(rows["shardd-1w"][0]) > 0
+    assert rows["uvloop-protocol"] == ["-"]  # no talker to measure
 
 
 @pytest.mark.parametrize(

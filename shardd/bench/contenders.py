@@ -90,7 +90,8 @@ class BenchError(RuntimeError):
 class Server:
     """One contender process on a free loopback port."""
 
-    def __init__(self, contender: Contender) -> None:
+    def __init__(self, contender: Contender, shell: str | None = None) -> None:
+        """``shell``: a shardd contender serves it instead of its own (``--shell``)."""
         self.contender = contender
         self.port = _free_port()
         #: the port clients connect to: the TLS one for a TLS contender
@@ -104,6 +105,10 @@ class Server:
                 {"{tls_port}": str(self.client_port), "{certfile}": certfile, "{keyfile}": keyfile}
             )
         command = [values.get(part, part) for part in contender.command]
+        if shell is not None:
+            if not contender.shards:
+                raise BenchError(f"{contender.name} cannot serve the {shell} shell")
+            command[command.index("--shell") + 1] = shell
         # a file, not a pipe: nobody reads a contender's log while it runs, and a
         # full pipe would freeze it mid-write (telnetlib3 logs every reset)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()

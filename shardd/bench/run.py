@@ -2,7 +2,9 @@
 
 Contenders take turns within each round, in an order that rotates from round
 to round; a scenario that wants a fresh server gets a contender process of
-its own, the others share one.
+its own, the others share one. A scenario that needs a shell of its own
+(the talker) gets a server of its own started with it, from the shardd
+contenders only: the anchors have no such shell, and show no figure.
 """
 
 from __future__ import annotations
@@ -31,18 +33,22 @@ def run(settings: Settings, progress: Callable[[str], None] | None = None) -> di
     }
     details: list[dict[str, Any]] = []
     balance: dict[str, list[list[int]]] = {}
-    plain = [s for s in settings.scenarios if not SCENARIOS[s].case.fresh_server]
-    fresh = [s for s in settings.scenarios if SCENARIOS[s].case.fresh_server]
+    cases = {s: SCENARIOS[s].case for s in settings.scenarios}
+    plain = [s for s, c in cases.items() if not c.fresh_server and c.shell is None]
+    own = [s for s, c in cases.items() if c.fresh_server or c.shell is not None]
     started = time.monotonic()
     for round_no in range(settings.rounds):
         shift = round_no % len(settings.contenders)
         order = settings.contenders[shift:] + settings.contenders[:shift]
         for name in order:
             contender = CONTENDERS[name]
-            for group in (plain, *([s] for s in fresh)):
+            for group in (plain, *([s] for s in own)):
                 if not group:
                     continue
-                server = Server(contender)
+                shell = cases[group[0]].shell
+                if shell is not None and not contender.shards:
+                    continue  # an anchor: no such shell
+                server = Server(contender, shell)
                 try:
                     for scenario in group:
                         figure, summary = measure(scenario, server, settings)

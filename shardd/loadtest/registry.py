@@ -8,7 +8,7 @@ scenarios by name.
 
 from __future__ import annotations
 
-from shardd.loadtest import connect, echo, flood, hostile, idle, storm
+from shardd.loadtest import chat, connect, echo, flood, hostile, idle, shout, storm
 from shardd.loadtest.scenario import Param, Scenario
 
 SCENARIOS: dict[str, Scenario] = {
@@ -20,6 +20,8 @@ SCENARIOS: dict[str, Scenario] = {
         storm.SCENARIO,
         hostile.SCENARIO,
         flood.SCENARIO,
+        chat.SCENARIO,
+        shout.SCENARIO,
     )
 }
 

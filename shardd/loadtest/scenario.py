@@ -123,6 +123,9 @@ class BenchCase:
     show: Callable[[float], str] = thousands
     #: measured on a server that has done nothing else
     fresh_server: bool = False
+    #: the shell the contender serves for it (``--shell``), on a server of its
+    #: own; a contender that has no such shell (an anchor) shows no figure
+    shell: str | None = None
 
 
 @dataclass(frozen=True)
