@@ -240,3 +240,18 @@ def test_players_on_two_shards_talk(serve: Callable[..., ServerProcess], players
     assert bob.closed()
     players(server.port, "bob")  # free again, once Bob has gone
     assert not ALARMING.search(server.log_text()), server.log_text()
+
+
+def test_logins_list_no_one(serve: Callable[..., ServerProcess], players: Any) -> None:
+    """A login checks its name with who(name=...), never by listing everyone:
+    the supervisor relays no session for 30 logins on two shards (listing
+    everyone, 10 000 logins cost 10 000² entries, and a worker its heartbeat)."""
+    server = serve(*ARGS, "--workers", "2")
+    arrived = [players(server.port, f"p{n}") for n in range(30)]
+    assert set(_shards(server, arrived)) == {0, 1}
+    relay = json.loads(run_shardd("status", "--json", "--port", str(server.port)).stdout)
+    assert relay["supervisor"]["bus_relay"]["who_listed"] == 0
+    arrived[0].send("who")  # a who command does list everyone
+    arrived[0].expect("Players (30):")
+    relay = json.loads(run_shardd("status", "--json", "--port", str(server.port)).stdout)
+    assert relay["supervisor"]["bus_relay"]["who_listed"] > 0

@@ -269,8 +269,11 @@ class Player:
 
 async def find(bus: SessionBus, name: str) -> SessionInfo | None:
     """The live session whose player is called ``name`` (in any case)."""
-    wanted = name.casefold()
-    return next((s for s in await bus.who() if s.name.casefold() == wanted), None)
+    if not NAME.fullmatch(name):
+        return None  # no player is called so (and who() refuses a name too long)
+    # asked by name: the few sessions so called, not every session (a login
+    # storm of N players asking for everyone would cost O(N²))
+    return next(iter(await bus.who(name=name)), None)
 
 
 async def choose_name(console: Console, bus: SessionBus) -> str | None:
@@ -290,8 +293,7 @@ async def choose_name(console: Console, bus: SessionBus) -> str | None:
             continue
         if await find(bus, name) is None:
             bus.name = name
-            holders = [s for s in await bus.who() if s.name.casefold() == name.casefold()]
-            if all(s.id == bus.id for s in holders):
+            if all(s.id == bus.id for s in await bus.who(name=name)):
                 console.prompt = "> "
                 return name
             bus.name = ""
