@@ -141,7 +141,12 @@ class Player:
                 self.console.show(text)
                 # a player who reads slowly holds up only this task; the
                 # bus drops (and counts) what overflows its queue meanwhile
-                await self.writer.drain()
+                try:
+                    await self.writer.drain()
+                except ConnectionError:
+                    # the player has gone: nothing more to print, and no
+                    # "exception never retrieved" for a task end() may only cancel
+                    return
 
     async def enter(self, room: str) -> None:
         self.room = room
