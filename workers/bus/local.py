@@ -115,7 +115,11 @@ class LocalBackend:
         try:
             while (waiting := self._who_next) is not None:
                 self._who_next = None
-                found = await self._ask_who(None)
+                try:
+                    found = await self._ask_who(None)
+                except asyncio.CancelledError:
+                    waiting.cancel()  # the worker is stopping: its callers end too
+                    raise
                 if not waiting.done():
                     waiting.set_result(found)
         finally:
