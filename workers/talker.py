@@ -27,6 +27,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from workers.bus.api import BusError, Message, SessionBus, SessionInfo, Subscription
 from workers.console import Console
@@ -60,12 +61,27 @@ def room_channel(room: str) -> str:
     return f"talker.room.{room}"
 
 
+#: the message rendered last, and its text: a worker's subscribers of a
+#: channel share one Message, and their listeners run one after the other,
+#: so a shout to 5 000 players of a worker is rendered once, not 5 000 times
+_last_rendered: list[Any] = [None, None]
+
+
 def render(message: Message) -> str | None:
     """What a bus message shows; None for one this talker did not send.
 
     Other shells on the server share the bus: nothing from it is trusted to
     be well formed, and no control character reaches the screen.
     """
+    if _last_rendered[0] is message:
+        text: str | None = _last_rendered[1]
+        return text
+    text = _render(message)
+    _last_rendered[:] = [message, text]
+    return text
+
+
+def _render(message: Message) -> str | None:
     data = message.data
     if not isinstance(data, dict):
         return None
