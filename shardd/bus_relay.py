@@ -11,7 +11,8 @@ and ``bus_unsub`` from each worker), and forwards:
 - a ``bus_send`` or ``bus_close`` to the worker named by the pid in the
   session id (``"<pid>.<n>"``), and its ``bus_ack`` back to the asker (an
   unknown worker: ``ok`` False at once);
-- a ``bus_who`` to every other serving worker, their ``bus_who_reply``
+- a ``bus_who`` (with its ``name``, if it asks for one) to every other
+  serving worker, their ``bus_who_reply``
   batches to the asker as they come, and a last, empty one once every worker
   finished, died, or ``WHO_WAIT`` passed.
 
@@ -61,6 +62,8 @@ class BusRelay:
         self.relayed = 0
         self.published = 0  # bus_pub frames received from workers
         self.dropped = 0  # frames the supervisor could not write (a worker's outbox full)
+        #: sessions listed in who() answers relayed: what who() costs, O(sessions) a listing
+        self.who_listed = 0
 
     def snapshot(self) -> dict[str, int]:
         """For status: what the relay holds and has done."""
@@ -72,6 +75,7 @@ class BusRelay:
             "published": self.published,
             "relayed": self.relayed,
             "dropped": self.dropped,
+            "who_listed": self.who_listed,
         }
 
     def _write(self, pid: int, frame: bytes) -> None:
@@ -118,7 +122,7 @@ class BusRelay:
                 message["src"], ipc.pack(ipc.BUS_ACK, req=message["req"], src=0, ok=message["ok"])
             )
         elif kind == ipc.BUS_WHO:
-            self._ask_who(pid, message["req"])
+            self._ask_who(pid, message["req"], message.get("name"))
         elif kind == ipc.BUS_WHO_REPLY:
             self._who_reply(pid, message)
 
@@ -135,11 +139,12 @@ class BusRelay:
 
     # ------------------------------------------------------------------ who
 
-    def _ask_who(self, asker: int, req: int) -> None:
+    def _ask_who(self, asker: int, req: int, name: str | None = None) -> None:
         others = {pid for pid in self._serving() if pid != asker}
         wait = _WhoWait(asker, req, time.monotonic() + WHO_WAIT, others)
         self._who[(asker, req)] = wait
-        frame = ipc.pack(ipc.BUS_WHO, req=req, src=asker)
+        named = {} if name is None else {"name": name}
+        frame = ipc.pack(ipc.BUS_WHO, req=req, src=asker, **named)
         for pid in others:
             self._write(pid, frame)
         self._finish_if_done(wait)
@@ -149,6 +154,7 @@ class BusRelay:
         if wait is None or pid not in wait.waiting:
             return  # late (past its deadline) or not asked
         if message["sessions"]:
+            self.who_listed += len(message["sessions"])
             self._write(
                 wait.asker,
                 ipc.pack(

@@ -103,6 +103,35 @@ async def test_direct_messages_who_and_close() -> None:
     assert await alice.close_session("7.99") is False
 
 
+async def test_who_by_name_lists_only_those_so_called() -> None:
+    """A login checks its name with who(name=...): the few so called, not everyone."""
+    hub = BusHub(prefix="7.")
+    alice, bob, carol, _dave = (_session(hub, n) for n in (1, 2, 3, 4))
+    alice.name, bob.name = "Alice", "bob"
+    assert [s.id for s in await carol.who(name="ALICE")] == ["7.1"]
+    assert [s.id for s in await carol.who(name="carol")] == []
+    carol.name = "alice"  # two may claim one name; the talker checks after claiming
+    assert {s.id for s in await bob.who(name="alice")} == {"7.1", "7.3"}
+    alice.name = "al"
+    assert [s.id for s in await bob.who(name="Alice")] == ["7.3"]
+    assert {s.id for s in await bob.who(name="")} == {"7.4"}  # the unnamed
+    hub.closed(carol)
+    assert await bob.who(name="alice") == [] and set(hub.names) == {"al", "bob"}
+    with pytest.raises(BusError):
+        await bob.who(name="x" * (MAX_NAME + 1))
+
+
+async def test_a_session_closed_through_the_bus_leaves_who_at_once() -> None:
+    """close_session's True means gone from who(), before the connection's end is seen."""
+    hub = BusHub(prefix="7.")
+    alice, bob = _session(hub, 1), _session(hub, 2)
+    bob.name = "bob"
+    sub = bob.subscribe("room")
+    assert await alice.close_session("7.2", "bye") is True
+    assert [s.id for s in await alice.who()] == ["7.1"]
+    assert await alice.who(name="bob") == [] and sub.closed
+
+
 async def test_a_closed_session_leaves_nothing() -> None:
     hub = BusHub()
     alice, bob = _session(hub, 1), _session(hub, 2)

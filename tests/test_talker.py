@@ -19,8 +19,9 @@ from talker_peers import Player
 
 from shardd.listeners import bind
 from workers.admission import AdmissionLimits
+from workers.bus.api import Message
 from workers.serving import Server, ServerSettings, SessionOptions
-from workers.talker import BURST, MAX_TEXT, talker
+from workers.talker import BURST, MAX_TEXT, render, talker
 
 ARGS = ("--shell", "talker", "--connect-maxwait", "0.3")
 ALARMING = re.compile(r"WARNING|ERROR|CRITICAL|Traceback", re.IGNORECASE)
@@ -240,3 +241,28 @@ def test_players_on_two_shards_talk(serve: Callable[..., ServerProcess], players
     assert bob.closed()
     players(server.port, "bob")  # free again, once Bob has gone
     assert not ALARMING.search(server.log_text()), server.log_text()
+
+
+def test_logins_list_no_one(serve: Callable[..., ServerProcess], players: Any) -> None:
+    """A login checks its name with who(name=...), never by listing everyone:
+    the supervisor relays no session for 30 logins on two shards (listing
+    everyone, 10 000 logins cost 10 000² entries, and a worker its heartbeat)."""
+    server = serve(*ARGS, "--workers", "2")
+    arrived = [players(server.port, f"p{n}") for n in range(30)]
+    assert set(_shards(server, arrived)) == {0, 1}
+    relay = json.loads(run_shardd("status", "--json", "--port", str(server.port)).stdout)
+    assert relay["supervisor"]["bus_relay"]["who_listed"] == 0
+    arrived[0].send("who")  # a who command does list everyone
+    arrived[0].expect("Players (30):")
+    relay = json.loads(run_shardd("status", "--json", "--port", str(server.port)).stdout)
+    assert relay["supervisor"]["bus_relay"]["who_listed"] > 0
+
+
+def test_a_message_shared_by_subscribers_is_rendered_once() -> None:
+    """A worker's subscribers share one Message: the text is made once for all."""
+    shout = Message("talker.shout", "1.2", {"kind": "shout", "name": "u1", "text": "hey"})
+    text = render(shout)
+    assert text == "u1 shouts: hey" and render(shout) is text
+    other = Message("talker.shout", "1.3", {"kind": "shout", "name": "u2", "text": "hey"})
+    assert render(other) == "u2 shouts: hey" and render(shout) == text
+    assert render(Message(None, "1.4", ["not", "a", "talker's"])) is None

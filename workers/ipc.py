@@ -56,7 +56,7 @@ BUS_PUB = "bus_pub"  # ch, sender, p: for every other worker with subscribers of
 BUS_SEND = "bus_send"  # to, sender, p, req, src: to one session; answered by bus_ack
 BUS_CLOSE = "bus_close"  # to, msg, req, src: close one session; answered by bus_ack
 BUS_ACK = "bus_ack"  # req, src, ok: whether the session of a send or close was live
-BUS_WHO = "bus_who"  # req, src: list your sessions
+BUS_WHO = "bus_who"  # req, src, name (optional): list your sessions (those so called)
 # req, src, sessions: [[id, shard, peer, term, name, host], ...] (at most
 # WHO_BATCH), last: the worker's (or, to the asker, every worker's) last batch
 BUS_WHO_REPLY = "bus_who_reply"
@@ -118,7 +118,7 @@ _SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     BUS_SEND: {"to": (str,), "sender": (str, _NONE), "p": (bytes,), "req": (int,), "src": (int,)},
     BUS_CLOSE: {"to": (str,), "msg": (str,), "req": (int,), "src": (int,)},
     BUS_ACK: {"req": (int,), "src": (int,), "ok": (bool,)},
-    BUS_WHO: {"req": (int,), "src": (int,)},
+    BUS_WHO: {"req": (int,), "src": (int,), "name": (str, _NONE)},
     BUS_WHO_REPLY: {"req": (int,), "src": (int,), "sessions": (list,), "last": (bool,)},
 }
 _SESSION_TYPES: tuple[tuple[type, ...], ...] = (
@@ -184,6 +184,8 @@ def _check_bus(kind: str, message: dict[str, Any]) -> None:
         or len(message.get("sender") or "") > MAX_SESSION_ID
     ):
         raise FrameError(f"{kind}: session id longer than {MAX_SESSION_ID}")
+    if len(message.get("name") or "") > MAX_NAME:
+        raise FrameError(f"{kind}: name longer than {MAX_NAME}")
     if len(message.get("msg", "")) > MAX_CLOSE_MESSAGE:
         raise FrameError(f"{kind}: closing line longer than {MAX_CLOSE_MESSAGE}")
     if kind == BUS_WHO_REPLY:

@@ -27,6 +27,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from workers.bus.api import BusError, Message, SessionBus, SessionInfo, Subscription
 from workers.console import Console
@@ -60,12 +61,27 @@ def room_channel(room: str) -> str:
     return f"talker.room.{room}"
 
 
+#: the message rendered last, and its text: a worker's subscribers of a
+#: channel share one Message, and their listeners run one after the other,
+#: so a shout to 5 000 players of a worker is rendered once, not 5 000 times
+_last_rendered: list[Any] = [None, None]
+
+
 def render(message: Message) -> str | None:
     """What a bus message shows; None for one this talker did not send.
 
     Other shells on the server share the bus: nothing from it is trusted to
     be well formed, and no control character reaches the screen.
     """
+    if _last_rendered[0] is message:
+        text: str | None = _last_rendered[1]
+        return text
+    text = _render(message)
+    _last_rendered[:] = [message, text]
+    return text
+
+
+def _render(message: Message) -> str | None:
     data = message.data
     if not isinstance(data, dict):
         return None
@@ -141,7 +157,12 @@ class Player:
                 self.console.show(text)
                 # a player who reads slowly holds up only this task; the
                 # bus drops (and counts) what overflows its queue meanwhile
-                await self.writer.drain()
+                try:
+                    await self.writer.drain()
+                except ConnectionError:
+                    # the player has gone: nothing more to print, and no
+                    # "exception never retrieved" for a task end() may only cancel
+                    return
 
     async def enter(self, room: str) -> None:
         self.room = room
@@ -269,8 +290,11 @@ class Player:
 
 async def find(bus: SessionBus, name: str) -> SessionInfo | None:
     """The live session whose player is called ``name`` (in any case)."""
-    wanted = name.casefold()
-    return next((s for s in await bus.who() if s.name.casefold() == wanted), None)
+    if not NAME.fullmatch(name):
+        return None  # no player is called so (and who() refuses a name too long)
+    # asked by name: the few sessions so called, not every session (a login
+    # storm of N players asking for everyone would cost O(N²))
+    return next(iter(await bus.who(name=name)), None)
 
 
 async def choose_name(console: Console, bus: SessionBus) -> str | None:
@@ -290,8 +314,7 @@ async def choose_name(console: Console, bus: SessionBus) -> str | None:
             continue
         if await find(bus, name) is None:
             bus.name = name
-            holders = [s for s in await bus.who() if s.name.casefold() == name.casefold()]
-            if all(s.id == bus.id for s in holders):
+            if all(s.id == bus.id for s in await bus.who(name=name)):
                 console.prompt = "> "
                 return name
             bus.name = ""

@@ -35,7 +35,10 @@ Semantics follow Phoenix.PubSub and Django Channels' groups:
   for an unknown or closed one; a message in flight to a session that
   closes meanwhile is dropped).
 - ``who()`` lists every live session of every shard (and host): a snapshot,
-  taken when asked.
+  taken when asked. ``who(name=NAME)`` lists only the sessions called NAME
+  (compared casefolded): what a shell checks a name with, at the cost of the
+  few sessions that match rather than of every session (a login that lists
+  everyone is O(sessions), and a crowd of logins O(sessions²)).
 - When a session ends, its subscriptions and inbox end with it; when a
   worker dies, the relay forgets its subscriptions and sessions.
 """
@@ -140,8 +143,9 @@ class SessionBus(Protocol):
         """To one session's inbox, wherever it is."""
         ...
 
-    async def who(self) -> list[SessionInfo]:
-        """Every live session of every shard and host."""
+    async def who(self, *, name: str | None = None) -> list[SessionInfo]:
+        """Every live session of every shard and host; with ``name``, only
+        those whose name is ``name`` (compared casefolded)."""
         ...
 
     async def close_session(self, session_id: str, message: str = "") -> bool:
@@ -176,8 +180,9 @@ class Backend(Protocol):
         """To a session of another worker or host."""
         ...
 
-    async def who(self) -> list[SessionInfo]:
-        """The sessions of every other worker and host."""
+    async def who(self, *, name: str | None = None) -> list[SessionInfo]:
+        """The sessions of every other worker and host (only those called
+        ``name``, casefolded, if given)."""
         ...
 
     async def close_session(self, session_id: str, message: str) -> bool: ...

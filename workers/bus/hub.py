@@ -180,6 +180,8 @@ class BusHub:
         self.backend_name = "none"
         self.channels: dict[str, dict[SessionHandle, Queue]] = {}
         self.sessions: dict[str, SessionHandle] = {}
+        #: casefolded name -> the sessions called so: ``who(name=...)`` without a scan
+        self.names: dict[str, dict[str, SessionHandle]] = {}
         self.subscription_count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -206,8 +208,20 @@ class BusHub:
         for channel in list(handle.subscriptions):
             self.unsubscribe(handle, channel)
         handle.close_inbox()
+        self.renamed(handle, handle.name, "")
         if self.sessions.pop(handle.id, None) is not None:
             self.session_changed(handle.id)
+
+    def renamed(self, handle: SessionHandle, old: str, new: str) -> None:
+        """Keep the name index true: ``handle`` was called ``old``, now ``new``."""
+        if old:
+            holders = self.names.get(old.casefold())
+            if holders is not None:
+                holders.pop(handle.id, None)
+                if not holders:
+                    del self.names[old.casefold()]
+        if new and not handle.closed:
+            self.names.setdefault(new.casefold(), {})[handle.id] = handle
 
     def session_changed(self, session_id: str) -> None:
         """A session opened, closed or was renamed: a backend that lists this
@@ -216,8 +230,13 @@ class BusHub:
         if notify is not None:
             notify(session_id)
 
-    def local_sessions(self) -> list[SessionInfo]:
-        return [handle.info() for handle in self.sessions.values()]
+    def local_sessions(self, name: str | None = None) -> list[SessionInfo]:
+        """This process's sessions; only those called ``name`` (casefolded) if given."""
+        if name is None:
+            return [handle.info() for handle in self.sessions.values()]
+        if not name:
+            return [h.info() for h in self.sessions.values() if not h.name]
+        return [handle.info() for handle in self.names.get(name.casefold(), {}).values()]
 
     # -------------------------------------------------------- subscriptions
 
@@ -284,10 +303,12 @@ class BusHub:
         await self._backend_ready()
         return await self.backend.send(session_id, sender_id, payload)
 
-    async def who(self) -> list[SessionInfo]:
-        sessions = self.local_sessions()
+    async def who(self, name: str | None = None) -> list[SessionInfo]:
+        if name is not None:
+            check_name(name)
+        sessions = self.local_sessions(name)
         if self.backend is not None:
-            sessions.extend(await self.backend.who())
+            sessions.extend(await self.backend.who(name=name))
         return sessions
 
     async def close_session(self, session_id: str, message: str = "") -> bool:

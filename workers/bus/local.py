@@ -11,6 +11,8 @@ message published elsewhere here once, whatever the number of subscribers.
 Requests that want an answer (``send``, ``close_session``, ``who``) carry a
 number; a reply that does not come within ``REPLY_TIMEOUT`` (a worker died
 on the way) counts as "not live" (or, for ``who``, as no sessions there).
+A ``who`` for one name asks only for the sessions so called; a ``who`` of
+everyone is asked at most once at a time per worker, callers sharing it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class LocalBackend:
         self._requests = itertools.count(1)
         self._acks: dict[int, asyncio.Future[bool]] = {}
         self._who: dict[int, tuple[list[SessionInfo], asyncio.Future[None]]] = {}
+        #: the full listing that who() callers since the last one started share
+        self._who_next: asyncio.Future[list[SessionInfo]] | None = None
+        self._who_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.channel.bus = self
@@ -90,12 +95,43 @@ class LocalBackend:
         finally:
             self._acks.pop(req, None)
 
-    async def who(self) -> list[SessionInfo]:
+    async def who(self, *, name: str | None = None) -> list[SessionInfo]:
+        if name is not None:
+            # a few sessions at most: asked alone, never shared with a question
+            # asked before the caller (which may just have set its own name)
+            return await self._ask_who(name)
+        # Every session, from every worker: O(sessions) to list, so at most
+        # one such question is in flight per worker. Callers meanwhile share
+        # the next one, asked once this one is answered: each still gets a
+        # snapshot taken after it asked, and a crowd asking at once costs two
+        # listings, not one each.
+        if self._who_next is None:
+            self._who_next = asyncio.get_running_loop().create_future()
+            if self._who_task is None:
+                self._who_task = asyncio.create_task(self._list_everyone())
+        return await asyncio.shield(self._who_next)
+
+    async def _list_everyone(self) -> None:
+        try:
+            while (waiting := self._who_next) is not None:
+                self._who_next = None
+                try:
+                    found = await self._ask_who(None)
+                except asyncio.CancelledError:
+                    waiting.cancel()  # the worker is stopping: its callers end too
+                    raise
+                if not waiting.done():
+                    waiting.set_result(found)
+        finally:
+            self._who_task = None
+
+    async def _ask_who(self, name: str | None) -> list[SessionInfo]:
         req = next(self._requests)
         found: list[SessionInfo] = []
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._who[req] = (found, done)
-        self._send(ipc.BUS_WHO, req=req, src=0)
+        named = {} if name is None else {"name": name}
+        self._send(ipc.BUS_WHO, req=req, src=0, **named)
         try:
             await asyncio.wait_for(done, REPLY_TIMEOUT)
         except TimeoutError:
@@ -111,6 +147,9 @@ class LocalBackend:
         for _found, done in self._who.values():
             if not done.done():
                 done.set_result(None)
+        waiting, self._who_next = self._who_next, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result([])
         if self.channel.bus is self:
             self.channel.bus = None
 
@@ -133,7 +172,7 @@ class LocalBackend:
             if future is not None and not future.done():
                 future.set_result(message["ok"])
         elif kind == ipc.BUS_WHO:
-            self._answer_who(message["req"], message["src"])
+            self._answer_who(message["req"], message["src"], message.get("name"))
         elif kind == ipc.BUS_WHO_REPLY:
             waiting = self._who.get(message["req"])
             if waiting is None:
@@ -145,11 +184,11 @@ class LocalBackend:
         else:
             log.warning("bus: unexpected %r from the supervisor", kind)
 
-    def _answer_who(self, req: int, src: int) -> None:
+    def _answer_who(self, req: int, src: int, name: str | None) -> None:
         cut = ipc.MAX_SESSION_ID  # a longer field would be a bad frame
         sessions = [
             [s.id, s.shard, s.peer[:cut], s.term[:cut], s.name, s.host[:cut]]
-            for s in self.hub.local_sessions()
+            for s in self.hub.local_sessions(name)
         ]
         step = ipc.WHO_BATCH
         for start in range(0, max(len(sessions), 1), step):

@@ -292,9 +292,10 @@ class RedisBackend:
     async def close_session(self, session_id: str, message: str) -> bool:
         return await self._to_session(session_id, CLOSE, None, message)
 
-    async def who(self) -> list[SessionInfo]:
+    async def who(self, *, name: str | None = None) -> list[SessionInfo]:
         """Every other worker's sessions, as their who hashes list them;
         nothing while Redis is unreachable or does not answer in time.
+        With ``name``, those so called (casefolded), picked from the same read.
 
         Callers while a read is under way share it (one read however many
         shells ask at once: a talker's login storm asks twice a player)."""
@@ -303,7 +304,11 @@ class RedisBackend:
         if self._who_read is None:
             self._who_read = asyncio.ensure_future(self._read_who_once())
         # shielded: one caller cancelled does not cancel the others' read
-        return await asyncio.shield(self._who_read)
+        found = await asyncio.shield(self._who_read)
+        if name is None:
+            return found
+        wanted = name.casefold()
+        return [s for s in found if s.name.casefold() == wanted]
 
     async def _read_who_once(self) -> list[SessionInfo]:
         try:

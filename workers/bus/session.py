@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class SessionHandle:
     """What one session may do on the bus; see :class:`workers.bus.api.SessionBus`."""
 
-    __slots__ = ("_inbox", "_name", "closed", "hub", "id", "protocol", "subscriptions")
+    __slots__ = ("_inbox", "_name", "_peer", "closed", "hub", "id", "protocol", "subscriptions")
 
     def __init__(self, hub: BusHub, session_id: str, protocol: BaseServer) -> None:
         self.hub = hub
@@ -30,6 +30,7 @@ class SessionHandle:
         self.subscriptions: dict[str, Queue] = {}
         self._inbox: Queue | None = None
         self._name = ""
+        self._peer: str | None = None  # BaseServer.peer is formatted on each call
         self.closed = False
 
     def __repr__(self) -> str:
@@ -41,7 +42,8 @@ class SessionHandle:
 
     @name.setter
     def name(self, value: str) -> None:
-        self._name = check_name(value)
+        old, self._name = self._name, check_name(value)
+        self.hub.renamed(self, old, self._name)
         self.hub.session_changed(self.id)
 
     def subscribe(self, channel: str) -> Queue:
@@ -80,18 +82,21 @@ class SessionHandle:
     async def send(self, session_id: str, data: Any) -> bool:
         return await self.hub.send(self, session_id, data)
 
-    async def who(self) -> list[SessionInfo]:
-        return await self.hub.who()
+    async def who(self, *, name: str | None = None) -> list[SessionInfo]:
+        return await self.hub.who(name)
 
     async def close_session(self, session_id: str, message: str = "") -> bool:
         return await self.hub.close_session(session_id, message)
 
     def info(self) -> SessionInfo:
         protocol = self.protocol
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = protocol.peer
         return SessionInfo(
             id=self.id,
             shard=self.hub.shard,
-            peer=protocol.peer,
+            peer=peer,
             term=str(protocol.get_extra_info("TERM") or ""),
             name=self._name,
             host=self.hub.host,
@@ -110,6 +115,10 @@ class SessionHandle:
             except (UnicodeEncodeError, RuntimeError):
                 pass
         protocol.record_close_reason(CLOSED_BY_BUS)
+        # off the bus now, not when the connection's end is seen a loop turn
+        # or more later: whoever learns that the close succeeded (the ack)
+        # finds the session gone from who(), as its client finds its EOF
+        self.hub.closed(self)
         if protocol._transport is not None:
             protocol.flush_output()
             protocol._transport.close()
