@@ -687,6 +687,9 @@ class Supervisor:
             if not data:
                 self._forget_channel(handle)
                 return
+            # whatever a worker sends, its loop sent it: a heartbeat queued
+            # behind a burst of bus frames must not make a live worker look hung
+            handle.last_heartbeat = time.monotonic()
             try:
                 for message in handle.decoder.feed(data):
                     self._on_message(handle, message)
