@@ -46,7 +46,7 @@ class LoopSelector(selectors.BaseSelector):
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        raise NotImplementedError("the event loop waits for these sockets, not this selector")
+        raise RuntimeError("the event loop waits for these sockets, not this selector")
 
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
         return dict(self._keys)

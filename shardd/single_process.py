@@ -17,6 +17,7 @@ operator:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -160,10 +161,9 @@ class SingleProcess:
         return "reloaded in place (see the log for what changed)"
 
     def _hangup(self) -> None:
-        try:
+        # a failure is logged, at ERROR, and the old settings stay
+        with contextlib.suppress(ReloadError):
             self.reload("SIGHUP")
-        except ReloadError:
-            pass  # logged, at ERROR, and the old settings stay
 
     def _reopen_logs(self) -> None:
         if logs.reopen_files():

@@ -24,6 +24,7 @@ the bus carries msgpack, and another host may run another version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -182,10 +183,9 @@ class Player:
 
     async def end(self) -> None:
         """Leave the room (the others see it) and stop every listener."""
-        try:
+        # a BusError: the session's bus has ended already, nothing to tell
+        with contextlib.suppress(BusError):
             await self.leave_room()
-        except BusError:
-            pass  # the session's bus has ended already: nothing to tell
         for task in self.listeners.values():
             task.cancel()
         await asyncio.gather(*self.listeners.values(), return_exceptions=True)
