@@ -142,11 +142,6 @@ class ChatResult(Result):
                 lost_rooms.add(sender // self.room_size)
         # heard, yet said by nobody of the run: a process's sends are missing
         stray = self.stray + sum(int(c) for c, _at in heard.values())
-        failures = Counter(self.failures)
-        by_phase = {p: Counter(k) for p, k in self.failures_by_phase.items()}
-        if lost:
-            failures[LOST] += lost
-            by_phase.setdefault("delivery", Counter())[LOST] += lost
         sent = len(self.sent)
         return {
             "scenario": "chat",
@@ -170,10 +165,7 @@ class ChatResult(Result):
             "stray": stray,
             "latency_ms": latency.summary_ms(),
             "login_ms": self.login.summary_ms(),
-            "failures": dict(failures),
-            "failures_total": sum(failures.values()),
-            "failures_by_phase": {p: dict(k) for p, k in by_phase.items() if k},
-            "sources": dict(self.sources),
+            **self._common("delivery", {LOST: lost}),
         }
 
 

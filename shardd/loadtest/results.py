@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import Field, fields
 from typing import Any, ClassVar, Self
 
@@ -34,11 +35,19 @@ class Result(ABC):
     def summary(self) -> dict[str, Any]:
         """The result as plain JSON-able values, for ``--json`` and the table."""
 
-    def _common(self) -> dict[str, Any]:
+    def _common(self, phase: str = "", added: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """The fields every summary ends with; ``added``: failures only the merged
+        result can see (lines some player never heard), counted in ``phase``."""
+        failures = Counter(self.failures)
+        by_phase = {p: Counter(k) for p, k in self.failures_by_phase.items()}
+        for kind, count in (added or {}).items():
+            if count > 0:
+                failures[kind] += count
+                by_phase.setdefault(phase, Counter())[kind] += count
         return {
-            "failures": dict(self.failures),
-            "failures_total": self.failures_total,
-            "failures_by_phase": {p: dict(k) for p, k in self.failures_by_phase.items() if k},
+            "failures": dict(failures),
+            "failures_total": sum(failures.values()),
+            "failures_by_phase": {p: dict(k) for p, k in by_phase.items() if k},
             "sources": dict(self.sources),
         }
 

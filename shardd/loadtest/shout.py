@@ -81,11 +81,6 @@ class ShoutResult(Result):
             if self.heard:
                 last = round((max(self.heard) - self.shouted_at) * 1000, 3)
         missed = expected - len(self.heard)
-        failures = Counter(self.failures)
-        by_phase = {p: Counter(k) for p, k in self.failures_by_phase.items()}
-        if missed > 0:
-            failures[MISSED] += missed
-            by_phase.setdefault("delivery", Counter())[MISSED] += missed
         return {
             "scenario": "shout",
             "sessions": self.sessions,
@@ -97,10 +92,7 @@ class ShoutResult(Result):
             "last_ms": last,
             "heard_ms": after.summary_ms(),
             "login_ms": self.login.summary_ms(),
-            "failures": dict(failures),
-            "failures_total": sum(failures.values()),
-            "failures_by_phase": {p: dict(k) for p, k in by_phase.items() if k},
-            "sources": dict(self.sources),
+            **self._common("delivery", {MISSED: missed}),
         }
 
 
